@@ -1,0 +1,20 @@
+"""The Dagster definitions of the WyCryst platform."""
+
+import dagster as dg
+
+from wycryst_assets.assets.genes import wyckoff_genes
+from wycryst_assets.assets.snapshot import mp_snapshot
+from wycryst_assets.checks import every_material_accounted_for, space_groups_agree_with_mp
+from wycryst_assets.resources import warehouse_resource
+
+foundation_job = dg.define_asset_job(
+    "foundation", selection=dg.AssetSelection.assets(mp_snapshot, wyckoff_genes),
+    description="MP snapshot -> Wyckoff gene table.",
+)
+
+defs = dg.Definitions(
+    assets=[mp_snapshot, wyckoff_genes],
+    asset_checks=[every_material_accounted_for, space_groups_agree_with_mp],
+    jobs=[foundation_job],
+    resources={"warehouse": warehouse_resource()},
+)

@@ -1,0 +1,64 @@
+"""DuckDB warehouse writes: whole tables and target partitions, each in one transaction.
+
+Connections come from the ``DuckDBResource`` (which retries while another process holds the
+file lock); writers are additionally serialized by the ``duckdb_writer`` concurrency pool.
+"""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"not a table name: {name!r}")
+    return name
+
+
+def replace_tables(conn, tables: dict[str, pl.DataFrame]) -> None:
+    """Create-or-replace several tables atomically (all or none)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for name, df in tables.items():
+            view = f"_incoming_{_check(name)}"
+            conn.register(view, df.to_arrow())
+            conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM {view}")
+            conn.unregister(view)
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def replace_partition(conn, table: str, target: str, df: pl.DataFrame) -> None:
+    """Delete the ``target`` partition's rows and insert ``df`` (which carries that target)."""
+    _check(table)
+    if "target" not in df.columns:
+        df = df.with_columns(pl.lit(target).alias("target"))
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.register("_incoming", df.to_arrow())
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM _incoming LIMIT 0")
+        conn.execute(f"DELETE FROM {table} WHERE target = ?", [target])
+        conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
+        conn.unregister("_incoming")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def read_table(conn, sql: str, params=None) -> pl.DataFrame:
+    return pl.from_arrow(conn.execute(sql, params or []).fetch_arrow_table())
+
+
+def table_exists(conn, name: str) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [_check(name)]
+        ).fetchone()[0]
+    )
