@@ -12,6 +12,7 @@ same symmetry search that pymatgen's ``SpacegroupAnalyzer(symprec=0.1)`` runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -36,7 +37,10 @@ class GeneError(ValueError):
 
 
 def _site_sort_key(label: str):
-    mult, letter = parse_site_label(label)
+    try:
+        mult, letter = parse_site_label(label)
+    except ValueError:
+        return (999, 0, label)  # unparseable labels sort last; validate_gene reports them
     return (LETTER_INDEX.get(letter, 99), mult, label)
 
 
@@ -90,7 +94,12 @@ def equivalent_configurations(space_group: int, wyckoff: dict) -> list[str]:
         for el, sites in wyckoff.items():
             out = []
             for label in sites:
-                _, letter = parse_site_label(label)
+                try:
+                    _, letter = parse_site_label(label)
+                except ValueError as exc:
+                    raise GeneError("bad_wyckoff_label", f"{el}: {label!r}") from exc
+                if letter not in table.sites:
+                    raise GeneError("letter_not_in_space_group", f"{el} {label} in SG {space_group}")
                 new = perm.get(letter, letter)
                 out.append(f"{table.multiplicity(new)}{new}")
             mapped[el] = out
@@ -99,14 +108,31 @@ def equivalent_configurations(space_group: int, wyckoff: dict) -> list[str]:
 
 
 def gene_key(formula: str, space_group: int, wyckoff: dict) -> str:
-    """One key for a gene and all its equivalent configurations: ``formula|sg|min(json)``."""
-    return f"{formula}|{int(space_group)}|{min(equivalent_configurations(space_group, wyckoff))}"
+    """One key for a gene and all its equivalent configurations: ``formula|sg|min(json)``,
+    the formula normalized to pymatgen's reduced formula."""
+    return f"{normalize_formula(formula)}|{int(space_group)}|{min(equivalent_configurations(space_group, wyckoff))}"
 
 
 def reduced_formula(counts: dict[str, float]) -> str:
+    """pymatgen's reduced formula of element counts (elements ordered by electronegativity)."""
     from pymatgen.core import Composition
 
     return Composition(counts).reduced_formula
+
+
+@functools.lru_cache(maxsize=65536)
+def normalize_formula(formula: str) -> str:
+    """Any spelling of a formula -> pymatgen's reduced formula ('CuInS2' -> 'InCuS2')."""
+    from pymatgen.core import Composition, Element
+
+    try:
+        comp = Composition(formula)
+    except Exception as exc:
+        raise GeneError("unknown_element", f"{formula}: {exc}") from exc
+    bad = [str(el) for el in comp.elements if not Element.is_valid_symbol(str(el))]
+    if bad or not comp.elements:
+        raise GeneError("unknown_element", f"{formula}: {bad or 'no elements'}")
+    return comp.reduced_formula
 
 
 @dataclass(frozen=True)
@@ -166,7 +192,7 @@ def validate_gene(formula: str, space_group: int, wyckoff: dict) -> GeneSummary:
         formula_from_sites = reduced_formula(counts)
     except Exception as exc:  # unknown element symbol
         raise GeneError("unknown_element", str(exc)) from exc
-    if formula and formula_from_sites != formula:
+    if formula and formula_from_sites != normalize_formula(formula):
         raise GeneError("composition_mismatch", f"sites give {formula_from_sites}, formula is {formula}")
     return GeneSummary(canon, counts, sum(counts.values()), total_dof)
 

@@ -6,6 +6,7 @@ from wycryst_assets.assets.genes import wyckoff_genes
 from wycryst_assets.assets.snapshot import mp_snapshot
 from wycryst_assets.checks import every_material_accounted_for, space_groups_agree_with_mp
 from wycryst_assets.resources import warehouse_resource
+from wycryst_assets.sensors import target_registry_sync
 
 foundation_job = dg.define_asset_job(
     "foundation", selection=dg.AssetSelection.assets(mp_snapshot, wyckoff_genes),
@@ -16,5 +17,6 @@ defs = dg.Definitions(
     assets=[mp_snapshot, wyckoff_genes],
     asset_checks=[every_material_accounted_for, space_groups_agree_with_mp],
     jobs=[foundation_job],
+    sensors=[target_registry_sync],
     resources={"warehouse": warehouse_resource()},
 )

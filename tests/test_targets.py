@@ -1,0 +1,79 @@
+"""Target registry, LOO exclusion and the `targets` partitions in a real Dagster instance."""
+
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from ml.gene_table import gene_row
+from ml.targets import TargetError, load_registry, loo_excluded_ids, parse_target
+
+
+def test_shared_registry_loads_all_seven(shared_data):
+    reg = load_registry(shared_data / "targets.json")
+    assert not reg.invalid
+    assert set(reg.keys) == {"CaTiO3-62", "BaTiO3-160", "CaTiO3-221", "SrTiO3-221", "CsPbI3-221",
+                             "CuInS2-122", "campaign-paper"}
+    assert reg.get("campaign-paper").task == "campaign" and "Te" in reg.get("campaign-paper").elements
+    with pytest.raises(TargetError, match="no target 'NaCl-225'"):
+        reg.get("NaCl-225")
+
+
+def test_bad_entries_are_recorded_not_dropped(tmp_path):
+    entries = [
+        {"partition": "SrTiO3-221", "formula": "SrTiO3", "space_group": 221, "task": "polymorph",
+         "wyckoff": {"Sr": ["1b"], "Ti": ["1a"], "O": ["3d"]}},
+        {"partition": "XxTiO3-221", "formula": "XxTiO3", "space_group": 221, "task": "polymorph"},
+        {"partition": "SrTiO3-bad", "formula": "SrTiO3", "space_group": 221, "task": "polymorph",
+         "wyckoff": {"Sr": ["1a"], "Ti": ["1a"], "O": ["3d"]}},
+        {"partition": "camp", "task": "campaign", "elements": ["Bi", "Qq"]},
+        {"partition": "nofield", "task": "ground_state"},
+    ]
+    path = tmp_path / "targets.json"
+    path.write_text(json.dumps({"targets": entries}))
+    reg = load_registry(path)
+    assert reg.keys == ["SrTiO3-221"]
+    assert "unknown element" in reg.invalid["XxTiO3-221"]
+    assert "impossible Wyckoff" in reg.invalid["SrTiO3-bad"] and "dof0_site_occupied_twice" in reg.invalid["SrTiO3-bad"]
+    assert "Qq" in reg.invalid["camp"] and "formula" in reg.invalid["nofield"]
+    with pytest.raises(TargetError, match="unusable"):
+        reg.get("SrTiO3-bad")
+
+
+def _genes_for(materials, ids):
+    rows = materials.filter(pl.col("material_id").is_in(ids))
+    return pl.DataFrame([gene_row(m, c)[0] for m, c in zip(rows["material_id"], rows["cif"])])
+
+
+def test_loo_exclusion_drops_target_and_equivalents(materials, targets):
+    # BaTiO3 R3m (mp-5020) and cubic CsPbI3 (mp-1069538, stored as Cs 1b / Pb 1a / I 3d,
+    # an equivalent configuration of the registry's Cs 1a / Pb 1b / I 3c)
+    other = materials.filter((pl.col("formula_pretty") == "BaTiO3") & (pl.col("material_id") != "mp-5020"))
+    ids = ["mp-5020", "mp-1069538", *other["material_id"].to_list()]
+    genes = _genes_for(materials, ids)
+    by_key = {t["partition"]: parse_target(t) for t in targets}
+    assert loo_excluded_ids(genes, by_key["BaTiO3-160"]) == ["mp-5020"]
+    assert loo_excluded_ids(genes, by_key["CsPbI3-221"]) == ["mp-1069538"]
+    assert json.loads(genes.filter(pl.col("material_id") == "mp-1069538")["wyckoff"][0]) != by_key["CsPbI3-221"].wyckoff
+    assert loo_excluded_ids(genes, by_key["campaign-paper"]) == []
+
+
+def test_sync_adds_registry_keys_to_the_instance(wycryst_env, shared_data):
+    from wycryst_assets.partitions import sync_target_partitions, targets_partitions
+
+    with dg.DagsterInstance.get() as instance:
+        added = sync_target_partitions(instance)
+        assert "CaTiO3-62" in added and len(added) == 7
+        assert sync_target_partitions(instance) == []
+        assert set(instance.get_dynamic_partitions(targets_partitions.name)) == set(added)
+
+
+def test_sensor_requests_missing_partitions(wycryst_env):
+    from wycryst_assets.sensors import target_registry_sync
+
+    with dg.DagsterInstance.get() as instance:
+        result = target_registry_sync(dg.build_sensor_context(instance=instance))
+        assert isinstance(result, dg.SensorResult)
+        (request,) = result.dynamic_partitions_requests
+        assert request.partitions_def_name == "targets" and "SrTiO3-221" in request.partition_keys

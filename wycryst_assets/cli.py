@@ -1,0 +1,147 @@
+"""``wycryst`` command line: instance setup, the main job, snapshot export, target sync."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from wycryst_assets import settings
+
+# What `wycryst main` materializes; it grows with the asset graph, the command stays the same.
+MAIN_SELECTION = "mp_snapshot,wyckoff_genes"
+
+
+def init_dagster_home() -> Path:
+    """Create ``$DAGSTER_HOME`` (default ``$WYCRYST_HOME/dagster_home``) holding the repo's dagster.yaml."""
+    home = settings.dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    src = settings.REPO_ROOT / "dagster.yaml"
+    dest = home / "dagster.yaml"
+    if not dest.exists() or dest.read_bytes() != src.read_bytes():
+        shutil.copyfile(src, dest)
+    return home
+
+
+@click.group()
+def main() -> None:
+    """WyCryst: MP snapshot -> Wyckoff genes -> PVAE -> new symmetry-aware crystals."""
+
+
+@main.group()
+def home() -> None:
+    """The local Dagster instance."""
+
+
+@home.command("init")
+def home_init() -> None:
+    """Create DAGSTER_HOME with the project's dagster.yaml."""
+    click.echo(f"DAGSTER_HOME={init_dagster_home()}")
+
+
+@main.command("run")
+@click.option("--select", default=MAIN_SELECTION, show_default=True, help="Dagster asset selection.")
+@click.option("--partition", default=None, help="Target partition key, e.g. SrTiO3-221.")
+def run_main(select: str, partition: str | None) -> None:
+    """Materialize the main job on the embedded defaults through the local Dagster instance."""
+    dagster_home = init_dagster_home()
+    settings.wycryst_home().mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    if partition:
+        import dagster as dg
+
+        from wycryst_assets.partitions import sync_target_partitions
+
+        with dg.DagsterInstance.get() as instance:
+            sync_target_partitions(instance)
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "WYCRYST_HOME": str(settings.wycryst_home())}
+    cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "wycryst_assets", "--select", select]
+    if partition:
+        cmd += ["--partition", partition]
+    click.echo(f"WYCRYST_HOME={env['WYCRYST_HOME']}\nDAGSTER_HOME={dagster_home}\n$ {' '.join(cmd)}")
+    result = subprocess.run(cmd, env=env, cwd=settings.REPO_ROOT)
+    if result.returncode != 0:
+        raise SystemExit(result.returncode)
+    click.echo(
+        "\nDone. Warehouse: {w}\nOpen the UI with:\n  DAGSTER_HOME={d} WYCRYST_HOME={h} "
+        ".venv/bin/dagster dev -m wycryst_assets -h 127.0.0.1 -p 3000\nthen browse http://127.0.0.1:3000".format(
+            w=settings.warehouse_path(), d=dagster_home, h=settings.wycryst_home()
+        )
+    )
+
+
+@main.group()
+def snapshot() -> None:
+    """Materials Project snapshots (materials.parquet + manifest.json)."""
+
+
+@snapshot.command("export")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write.")
+@click.option("--max-elements", default=3, show_default=True, help="Export materials with at most this many elements.")
+@click.option("--num-chunks", default=None, type=int, help="Stop after this many API pages (for a quick look).")
+def snapshot_export(out_dir: str, max_elements: int, num_chunks: int | None) -> None:
+    """Pull a snapshot from the live MP API (needs MP_API_KEY), e.g. on a login node."""
+    from ml.mp_source import MissingApiKeyError, export_snapshot
+
+    try:
+        info = export_snapshot(out_dir, max_elements=max_elements, num_chunks=num_chunks, log=click.echo)
+    except MissingApiKeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {info.n_materials} materials of {info.database_version} to {info.path}")
+    click.echo(f"use it offline with: WYCRYST_SNAPSHOT={info.path}")
+
+
+@snapshot.command("verify")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+def snapshot_verify(directory: str) -> None:
+    """Check a snapshot directory's manifest, checksum and columns."""
+    from ml.snapshot import SnapshotError, verify_snapshot
+
+    try:
+        info = verify_snapshot(directory)
+    except SnapshotError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"ok: {info.database_version}, {info.n_materials} materials, sha256 {info.sha256}")
+
+
+@main.group()
+def targets() -> None:
+    """The target registry ($WYCRYST_TARGETS) and the `targets` partitions."""
+
+
+@targets.command("sync")
+def targets_sync() -> None:
+    """Register every registry entry as a `targets` partition in the local instance."""
+    import dagster as dg
+
+    from wycryst_assets.partitions import current_registry, sync_target_partitions
+
+    init_dagster_home()
+    registry = current_registry()
+    with dg.DagsterInstance.get() as instance:
+        new = sync_target_partitions(instance, registry)
+    click.echo(f"{len(registry.keys)} targets in {registry.path}; added {len(new)}: {', '.join(new) or '-'}")
+    for name, reason in registry.invalid.items():
+        click.echo(f"skipped {name}: {reason}", err=True)
+
+
+@targets.command("list")
+def targets_list() -> None:
+    """Show the registry's targets and the entries that cannot be used."""
+    from wycryst_assets.partitions import current_registry
+
+    registry = current_registry()
+    for key in registry.keys:
+        t = registry.targets[key]
+        what = t.formula and f"{t.formula} SG {t.space_group}" or f"elements {','.join(t.elements)}"
+        click.echo(f"{key:20s} {t.task:13s} {what}")
+    for name, reason in registry.invalid.items():
+        click.echo(f"{name:20s} INVALID       {reason}")
+
+
+if __name__ == "__main__":
+    main()
