@@ -1,0 +1,46 @@
+"""Origin points of latent-space sampling, by task (paper: Ground State / Polymorph CSP tasks
+and the generation campaign).
+
+* ``ground_state``: training genes with the target's reduced formula; when there are none,
+  genes of the same anonymous formula (e.g. ABC3) sharing at least one element with it.
+* ``polymorph``: training ternaries in the target's space group.
+* ``campaign``: training ternaries made only of the campaign's elements.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ml.targets import Target
+
+
+def _anonymous(formula: str) -> str:
+    from pymatgen.core import Composition
+
+    return Composition(formula).anonymized_formula
+
+
+def origin_genes(train: pl.DataFrame, target: Target) -> tuple[pl.DataFrame, str]:
+    """(origin rows of ``train``, how they were chosen). ``train`` is a gene table."""
+    ternary = train.filter(pl.col("n_elements") == 3)
+    if target.task == "ground_state":
+        same = ternary.filter(pl.col("formula") == target.reduced_formula)
+        if same.height:
+            return same, f"training genes with formula {target.reduced_formula}"
+        from pymatgen.core import Composition
+
+        anon = _anonymous(target.reduced_formula)
+        elements = {str(e) for e in Composition(target.reduced_formula).elements}
+        formulas = ternary["formula"].unique().to_list()
+        keep = [f for f in formulas if _anonymous(f) == anon
+                and elements & {str(e) for e in Composition(f).elements}]
+        return ternary.filter(pl.col("formula").is_in(keep)), (
+            f"no training gene of {target.reduced_formula}: anonymous formula {anon} sharing an element"
+        )
+    if target.task == "polymorph":
+        return ternary.filter(pl.col("space_group") == target.space_group), (
+            f"training ternaries in space group {target.space_group}"
+        )
+    allowed = set(target.elements)
+    mask = ternary["slot_elements"].map_elements(lambda els: set(els) <= allowed, return_dtype=pl.Boolean)
+    return ternary.filter(mask), f"training ternaries made only of {len(allowed)} campaign elements"
