@@ -1,4 +1,4 @@
-"""Sensors: keep the ``targets`` partitions in sync with the registry file."""
+"""Sensors and schedules: target partitions in sync with the registry; new MP releases."""
 
 import dagster as dg
 
@@ -21,3 +21,56 @@ def target_registry_sync(context: dg.SensorEvaluationContext):
     if not new:
         return dg.SkipReason(f"{len(existing)} target partitions already registered")
     return dg.SensorResult(dynamic_partitions_requests=[targets_partitions.build_add_request(new)])
+
+
+def source_database_version() -> str:
+    """The release the configured source offers now: mp-api's database version when
+    ``MP_API_KEY`` is set, else the ``manifest.json`` of ``$WYCRYST_SNAPSHOT``."""
+    from wycryst_assets import settings
+
+    if settings.mp_api_key_present():
+        from ml.mp_source import live_database_version
+
+        return live_database_version()
+    from ml.snapshot import database_version
+
+    return database_version(settings.snapshot_source())
+
+
+def materialized_database_version(instance: dg.DagsterInstance) -> str | None:
+    event = instance.get_latest_materialization_event(dg.AssetKey("mp_snapshot"))
+    if event is None or event.asset_materialization is None:
+        return None
+    return event.asset_materialization.tags.get("dagster/data_version")
+
+
+def release_run_request(instance: dg.DagsterInstance):
+    """A RunRequest for the release refresh when the source offers a release not yet materialized."""
+    offered = source_database_version()
+    current = materialized_database_version(instance)
+    if offered == current:
+        return dg.SkipReason(f"MP release {offered} is already materialized")
+    return dg.RunRequest(
+        run_key=f"mp-release-{offered}",
+        tags={"wycryst/database_version": offered, "wycryst/previous_database_version": current or "none"},
+    )
+
+
+release_refresh_job = dg.define_asset_job(
+    "release_refresh",
+    selection=dg.AssetSelection.assets("mp_snapshot", "wyckoff_genes", "synthesizability_model"),
+    description="A new MP release: copy/pull the snapshot, rebuild the gene table and the "
+    "synthesizability model (downstream partitions then show as stale in the UI).",
+)
+
+
+@dg.sensor(job=release_refresh_job, minimum_interval_seconds=3600, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Polls the snapshot source's database_version; a new release triggers release_refresh.")
+def mp_release_sensor(context: dg.SensorEvaluationContext):
+    return release_run_request(context.instance)
+
+
+@dg.schedule(job=release_refresh_job, cron_schedule="0 4 * * 1", default_status=dg.DefaultScheduleStatus.RUNNING,
+             description="Weekly (Monday 04:00) check for a new MP release, as the sensor does.")
+def weekly_release_check(context: dg.ScheduleEvaluationContext):
+    return release_run_request(context.instance)
