@@ -3,10 +3,12 @@
 import dagster as dg
 
 from wycryst_assets.assets.genes import wyckoff_genes
+from wycryst_assets.assets.pvae import TrainingDevice, pvae_model
+from wycryst_assets.assets.sampling import filtered_genes, sampled_genes, synthesizability_model
 from wycryst_assets.assets.snapshot import mp_snapshot
 from wycryst_assets.checks import every_material_accounted_for, space_groups_agree_with_mp
 from wycryst_assets.resources import warehouse_resource
-from wycryst_assets.sensors import target_registry_sync
+from wycryst_assets.sensors import mp_release_sensor, release_refresh_job, target_registry_sync, weekly_release_check
 
 foundation_job = dg.define_asset_job(
     "foundation", selection=dg.AssetSelection.assets(mp_snapshot, wyckoff_genes),
@@ -14,9 +16,10 @@ foundation_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[mp_snapshot, wyckoff_genes],
+    assets=[mp_snapshot, wyckoff_genes, synthesizability_model, pvae_model, sampled_genes, filtered_genes],
     asset_checks=[every_material_accounted_for, space_groups_agree_with_mp],
-    jobs=[foundation_job],
-    sensors=[target_registry_sync],
-    resources={"warehouse": warehouse_resource()},
+    jobs=[foundation_job, release_refresh_job],
+    sensors=[target_registry_sync, mp_release_sensor],
+    schedules=[weekly_release_check],
+    resources={"warehouse": warehouse_resource(), "training_device": TrainingDevice()},
 )

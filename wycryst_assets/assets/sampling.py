@@ -1,0 +1,187 @@
+"""``sampled_genes`` and ``filtered_genes``: latent sampling and the paper's filters per target."""
+
+import json
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from wycryst_assets import settings
+from wycryst_assets.assets.genes import wyckoff_genes
+from wycryst_assets.assets.pvae import model_dir, pvae_model
+from wycryst_assets.partitions import current_registry, targets_partitions
+from wycryst_assets.plots import bar_chart_markdown, markdown_table
+from wycryst_assets.warehouse import read_table, replace_partition, replace_tables, table_exists
+
+
+class SampledGenesConfig(dg.Config):
+    """Latent perturbation around the task's origins (reference: 5,000 per origin, scale ~1.4)."""
+
+    samples_per_origin: int = 5000
+    noise_scale: float = 1.4
+    seed: int = 0
+    batch_size: int = 32768
+
+
+def _load_model_manifest(key: str) -> dict:
+    path = model_dir(key) / "model.json"
+    if not path.is_file():
+        raise dg.Failure(f"no trained model for {key}: materialize pvae_model for this partition first ({path})")
+    return json.loads(path.read_text())
+
+
+def _training_genes(conn, excluded: list[str]) -> pl.DataFrame:
+    genes = read_table(conn, "SELECT * FROM wyckoff_genes WHERE n_elements = 3")
+    return genes.filter(~pl.col("material_id").is_in(excluded))
+
+
+@dg.asset(
+    group_name="sampling",
+    kinds={"duckdb", "pytorch"},
+    partitions_def=targets_partitions,
+    deps=[pvae_model, wyckoff_genes],
+    pool="duckdb_writer",
+    code_version="1",
+    description="Genes decoded from Gaussian perturbations of the origins' latent means (origins by "
+    "task), equivalent configurations merged, hit counts and predicted properties; DuckDB "
+    "`sampled_genes` (this partition's rows replaced).",
+)
+def sampled_genes(context: dg.AssetExecutionContext, config: SampledGenesConfig, warehouse: DuckDBResource):
+    from ml.origins import origin_genes
+    from ml.sampling import SamplingConfig, sample_genes
+    from ml.tensors import encode_table
+    from ml.training import load_pvae
+
+    key = context.partition_key
+    target = current_registry().get(key)
+    manifest = _load_model_manifest(key)
+    with warehouse.get_connection() as conn:
+        train = _training_genes(conn, manifest["excluded_material_ids"])
+    origins, how = origin_genes(train, target)
+    if origins.is_empty():
+        raise dg.Failure(f"{key}: no origin genes ({how})")
+    context.log.info(f"{key}: {origins.height} origins ({how}) x {config.samples_per_origin} perturbations")
+    module = load_pvae(manifest["checkpoint"])
+    table, stats = sample_genes(
+        module, encode_table(origins),
+        SamplingConfig(config.samples_per_origin, config.noise_scale, config.seed, config.batch_size),
+        log=context.log.info,
+    )
+    table = table.with_columns(pl.lit(key).alias("target"), pl.lit(manifest["database_version"]).alias("database_version"))
+    with warehouse.get_connection() as conn:
+        replace_partition(conn, "sampled_genes", key, table)
+    held_out = target.gene_keys()
+    hit = table.filter(pl.col("gene_key").is_in(sorted(held_out))) if held_out else table.head(0)
+    top = table.head(15).select("formula", "space_group", "wyckoff", "hits", "predicted_formation_energy")
+    return dg.MaterializeResult(
+        metadata={
+            "origins": f"{origins.height} {how}",
+            "latent_points": dg.MetadataValue.int(stats["latent_points"]),
+            "distinct_decoded_rows": dg.MetadataValue.int(stats["distinct_decoded_rows"]),
+            "unique_genes": dg.MetadataValue.int(table.height),
+            "points_per_second": dg.MetadataValue.float(round(stats["points_per_second"], 1)),
+            "noise_scale": config.noise_scale,
+            "samples_per_origin": config.samples_per_origin,
+            "held_out_gene_sampled": bool(hit.height) if held_out else "n/a (campaign)",
+            "held_out_gene_hits": int(hit["hits"].sum()) if hit.height else 0,
+            "top_genes": dg.MetadataValue.md(markdown_table(
+                [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in top.to_dicts()])),
+        }
+    )
+
+
+class FilteredGenesConfig(dg.Config):
+    """The paper's reliability + feasibility filters (selection: atoms/cell <= 50, DoF <= 5)."""
+
+    elements: list[str] = []  # empty: the campaign's list (campaigns) / no restriction (LOO)
+    max_atoms_per_cell: int = 50
+    max_total_dof: int = 5
+    max_predicted_formation_energy: float = 0.0
+    min_synthesizability: float = 0.5
+    restrict_to_target_formula: bool = True
+
+
+@dg.asset(
+    group_name="genes",
+    kinds={"scikitlearn"},
+    deps=[wyckoff_genes],
+    code_version="1",
+    description="Synthesizability classifier over gene features, trained on the snapshot's "
+    "`theoretical` flag (positive-unlabeled when the snapshot has no hypothetical rows).",
+)
+def synthesizability_model(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
+    from ml.synthesizability import train_synthesizability
+
+    with warehouse.get_connection() as conn:
+        genes = read_table(conn, "SELECT * FROM wyckoff_genes")
+    model = train_synthesizability(genes)
+    path = settings.artifacts_dir() / "synthesizability" / "model.joblib"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    version = genes["database_version"][0]
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(str(version)),
+        metadata={**{k: (dg.MetadataValue.float(float(v)) if isinstance(v, float) else str(v))
+                     for k, v in model.metrics.items()},
+                  "path": dg.MetadataValue.path(str(path)), "database_version": version},
+    )
+
+
+@dg.asset(
+    group_name="sampling",
+    kinds={"duckdb"},
+    partitions_def=targets_partitions,
+    deps=[sampled_genes, synthesizability_model],
+    pool="duckdb_writer",
+    code_version="1",
+    description="Every sampled gene with one verdict column per filter rule, `reasons` and `passed`; "
+    "DuckDB `filtered_genes`. In a LOO partition the held-out gene counts as unpublished.",
+)
+def filtered_genes(context: dg.AssetExecutionContext, config: FilteredGenesConfig, warehouse: DuckDBResource):
+    from ml.filters import FilterConfig, apply_filters, funnel
+    from ml.synthesizability import SynthModel
+
+    key = context.partition_key
+    target = current_registry().get(key)
+    manifest = _load_model_manifest(key)
+    excluded = manifest["excluded_material_ids"]
+    with warehouse.get_connection() as conn:
+        sampled = read_table(conn, "SELECT * EXCLUDE (target) FROM sampled_genes WHERE target = ?", [key])
+        known = read_table(conn, "SELECT gene_key FROM wyckoff_genes WHERE NOT list_contains(?, material_id)",
+                           [excluded])
+    if sampled.is_empty():
+        raise dg.Failure(f"no sampled genes for {key}: materialize sampled_genes first")
+    synth = SynthModel.load(settings.artifacts_dir() / "synthesizability" / "model.joblib")
+    elements = tuple(config.elements) or (target.elements if target.task == "campaign" else None)
+    fcfg = FilterConfig(elements=elements, max_atoms_per_cell=config.max_atoms_per_cell,
+                        max_total_dof=config.max_total_dof,
+                        max_predicted_formation_energy=config.max_predicted_formation_energy,
+                        min_synthesizability=config.min_synthesizability,
+                        restrict_to_target_formula=config.restrict_to_target_formula)
+    out = apply_filters(sampled, known_gene_keys=set(known["gene_key"].to_list()), target=target,
+                        config=fcfg, synthesizability=synth)
+    out = out.with_columns(pl.lit(key).alias("target"))
+    with warehouse.get_connection() as conn:
+        replace_partition(conn, "filtered_genes", key, out)
+    steps = funnel(out)
+    passed = out.filter(pl.col("passed")).sort("hits", descending=True)
+    meta = {
+        "sampled": dg.MetadataValue.int(out.height),
+        "passed": dg.MetadataValue.int(passed.height),
+        "funnel": dg.MetadataValue.md(markdown_table(steps) + "\n\n" + bar_chart_markdown(
+            [s["step"] for s in steps], [s["genes"] for s in steps], title=f"{key}: filter funnel",
+            xlabel="rule", ylabel="genes")),
+        "top_passed_genes": dg.MetadataValue.md(markdown_table([
+            {"formula": r["formula"], "sg": r["space_group"], "wyckoff": r["wyckoff"], "hits": r["hits"],
+             "dof": r["total_dof"], "pred_Ef": round(r["predicted_formation_energy"], 3)}
+            for r in passed.head(20).to_dicts()])),
+    }
+    held_out = target.gene_keys()
+    if held_out:
+        ranked = out.sort("hits", descending=True).with_row_index("rank", offset=1)
+        row = ranked.filter(pl.col("gene_key").is_in(sorted(held_out)))
+        meta["held_out_gene_sampled"] = bool(row.height)
+        meta["held_out_gene_passed"] = bool(row.height and row["passed"][0])
+        meta["held_out_gene_rank_by_hits"] = int(row["rank"][0]) if row.height else -1
+        meta["held_out_gene_reasons"] = str(row["reasons"][0]) if row.height else "not sampled"
+    return dg.MaterializeResult(metadata=meta)
