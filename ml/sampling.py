@@ -113,8 +113,8 @@ def genes_from_decoded(keys, hits, ef_sum, gap_sum) -> pl.DataFrame:
             (pl.col("ef_sum").sum() / pl.col("hits").sum()).alias("predicted_formation_energy"),
             (pl.col("gap_sum").sum() / pl.col("hits").sum()).alias("predicted_band_gap"),
         )
-        .with_columns(pl.col("configurations").map_elements(json.dumps, return_dtype=pl.String),
-                      pl.col("configurations").list.len().alias("n_configurations"))
+        .with_columns(pl.col("configurations").list.len().alias("n_configurations"),
+                      pl.col("configurations").map_elements(lambda c: json.dumps(list(c)), return_dtype=pl.String))
         .sort(["hits", "gene_key"], descending=[True, False])
         .select("formula", "space_group", "wyckoff", "gene_key", "hits", "n_configurations", "configurations",
                 "predicted_formation_energy", "predicted_band_gap")
