@@ -1,0 +1,299 @@
+"""Reliability / feasibility filters and the synthesizability model, on small real inputs.
+
+Each rule gets a passing and a failing row with its recorded reason; SMACT verdicts are checked
+against smact itself; novelty against genes built from real snapshot CIFs with the leave-one-out
+exclusion the pipeline uses; the synthesizability model is trained on real snapshot rows.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+from smact.screening import smact_validity
+
+from ml.filters import FUNNEL_STAGES, RULES, FilterConfig, apply_filters, funnel
+from ml.gene_table import gene_row
+from ml.genes import gene_key, wyckoff_json
+from ml.synthesizability import (
+    SynthModel,
+    features_for_genes,
+    features_from_table,
+    labels_and_mode,
+    train_synthesizability,
+)
+from ml.targets import loo_excluded_ids, parse_target
+
+SRTIO3 = {"Sr": ["1a"], "Ti": ["1b"], "O": ["3c"]}  # cubic perovskite, 5 atoms, DoF 0
+NO_LIMITS = FilterConfig(max_predicted_formation_energy=None, min_synthesizability=None,
+                         restrict_to_target_formula=False)
+
+
+def genes(*rows) -> pl.DataFrame:
+    """Sampled-gene-shaped table from (formula, sg, wyckoff dict[, predicted E_f])."""
+    out = []
+    for r in rows:
+        formula, sg, w = r[:3]
+        out.append({"formula": formula, "space_group": sg, "wyckoff": wyckoff_json(w),
+                    "predicted_formation_energy": r[3] if len(r) > 3 else -1.0})
+    return pl.DataFrame(out, schema={"formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String,
+                                     "predicted_formation_energy": pl.Float64})
+
+
+def run(table, *, known=(), target=None, config=NO_LIMITS, synthesizability=None) -> pl.DataFrame:
+    return apply_filters(table, known_gene_keys=set(known), target=target, config=config,
+                         synthesizability=synthesizability)
+
+
+def target(targets, partition):
+    return parse_target(next(t for t in targets if t["partition"] == partition))
+
+
+@pytest.fixture(scope="module")
+def snapshot_genes(materials) -> pl.DataFrame:
+    """Gene rows built from real CIFs: BaTiO3 R3m (mp-5020), cubic CsPbI3 (mp-1069538) and a
+    labelled sample (ICSD-known and unflagged) of binaries/ternaries in common space groups."""
+    common = [225, 62, 14, 2, 12, 63, 194, 166, 221, 139]
+    pool = materials.filter((pl.col("nelements") <= 3) & pl.col("symmetry_number").is_in(common))
+    sample = pl.concat([
+        pool.filter(pl.col("theoretical") == False).sample(180, seed=3),  # noqa: E712
+        pool.filter(pl.col("theoretical").is_null()).sample(180, seed=3),
+        materials.filter(pl.col("material_id").is_in(["mp-5020", "mp-1069538"])),
+    ]).unique("material_id", maintain_order=True)
+    rows = [gene_row(mid, cif)[0] for mid, cif in zip(sample["material_id"], sample["cif"])]
+    table = pl.DataFrame([r for r in rows if r is not None], infer_schema_length=None)
+    return table.join(sample.select("material_id", "theoretical"), on="material_id")
+
+
+# ---------------------------------------------------------------- reliability
+
+
+def test_formula_rule_follows_smact():
+    table = genes(
+        ("NaCl", 225, {"Na": ["4a"], "Cl": ["4b"]}),
+        ("NaCl3", 221, {"Na": ["1a"], "Cl": ["3c"]}),  # no Na/Cl oxidation states balance 1:3
+        ("ClI3", 221, {"Cl": ["1a"], "I": ["3c"]}),  # balances only with Cl positive next to I
+    )
+    # the independent expectation: smact itself
+    assert smact_validity("NaCl") and not smact_validity("NaCl3")
+    assert not smact_validity("NaCl3", use_pauling_test=False)
+    assert not smact_validity("ClI3") and smact_validity("ClI3", use_pauling_test=False)
+    out = run(table)
+    assert out["formula_ok"].to_list() == [True, False, False]
+    assert out["wyckoff_ok"].to_list() == [True, True, True]  # only the chemistry is wrong
+    assert "smact_charge_neutrality" in out["reasons"][1]
+    assert "smact_electronegativity" in out["reasons"][2]
+    assert out["reasons"][0].to_list() == [] and out["passed"][0]
+
+
+def test_wyckoff_rule_rejects_a_doubly_occupied_fixed_site():
+    table = genes(("SrTiO3", 221, SRTIO3), ("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1a"], "O": ["3d"]}),
+                  ("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1b"], "O": ["6e"]}), ("", 221, {"Sr": ["1a"]}))
+    out = run(table)
+    assert out["wyckoff_ok"].to_list() == [True, False, False, False]
+    assert "wyckoff_dof0_site_occupied_twice" in out["reasons"][1]
+    assert "wyckoff_composition_mismatch" in out["reasons"][2]
+    assert "formula_unparseable" in out["reasons"][3]
+    # an invalid gene has no size: it fails size_ok too, and has null size columns
+    assert out["size_ok"].to_list() == [True, False, False, False]
+    assert "size_unknown_invalid_gene" in out["reasons"][1]
+    assert out["atoms_per_cell"].to_list() == [5, None, None, None]
+
+
+def test_equivalent_configurations_are_one_gene_and_only_the_first_is_unique():
+    table = genes(("SrTiO3", 221, {"Sr": ["1b"], "Ti": ["1a"], "O": ["3d"]}), ("SrTiO3", 221, SRTIO3),
+                  ("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1b"], "O": ["3d"]}))
+    out = run(table)  # no gene_key column: computed
+    assert out["gene_key"][0] == out["gene_key"][1] != out["gene_key"][2]
+    assert out["unique_in_batch"].to_list() == [True, False, True]
+    assert out["reasons"][1].to_list() == ["duplicate_in_batch"]
+    # a given gene_key column (as ml.sampling writes it) is used as is
+    keyed = table.with_columns(pl.Series("gene_key", [gene_key(f, sg, json.loads(w)) for f, sg, w in
+                                                      table.select("formula", "space_group", "wyckoff").rows()]))
+    assert run(keyed)["unique_in_batch"].to_list() == [True, False, True]
+
+
+def test_novelty_against_the_snapshot_with_the_left_out_target_removed(snapshot_genes, targets):
+    batio3 = target(targets, "BaTiO3-160")  # ground state, its gene is mp-5020 in the snapshot
+    excluded = loo_excluded_ids(snapshot_genes, batio3)
+    assert excluded == ["mp-5020"]
+    known_all = set(snapshot_genes["gene_key"])
+    known_loo = set(snapshot_genes.filter(~pl.col("material_id").is_in(excluded))["gene_key"])
+    table = genes(("BaTiO3", 160, batio3.wyckoff),
+                  ("CsPbI3", 221, {"Cs": ["1b"], "Pb": ["1a"], "I": ["3d"]}),  # mp-1069538, another setting
+                  ("SrTiO3", 221, SRTIO3))
+    out = run(table, known=known_loo, target=batio3)
+    assert out["novel"].to_list() == [True, False, True]
+    assert out["reasons"][1].to_list() == ["known_gene"]
+    # the held-out gene is never "known" in its own LOO partition, even if the caller forgot
+    assert run(table, known=known_all, target=batio3)["novel"].to_list() == [True, False, True]
+    # ... but it is known anywhere else
+    assert run(table, known=known_all, target=None)["novel"].to_list() == [False, False, True]
+
+
+# ---------------------------------------------------------------- feasibility
+
+
+def test_elements_rule_uses_the_campaign_list_or_the_users(targets):
+    campaign = target(targets, "campaign-paper")
+    table = genes(("RbBiTe2", 166, {"Rb": ["3a"], "Bi": ["3b"], "Te": ["6c"]}), ("SrTiO3", 221, SRTIO3))
+    out = run(table, target=campaign)
+    assert out["elements_ok"].to_list() == [True, False]  # Sr and O are not in the paper's list
+    assert "element_outside_list" in out["reasons"][1]
+    user = FilterConfig(elements=("Sr", "Ti", "O"), max_predicted_formation_energy=None, min_synthesizability=None)
+    assert run(table, target=campaign, config=user)["elements_ok"].to_list() == [False, True]
+    assert run(table, target=None)["elements_ok"].to_list() == [True, True]  # no list, no restriction
+
+
+def test_size_rule_atoms_and_dof():
+    table = genes(("SrTiO3", 221, SRTIO3),
+                  ("Sc2ZnS4", 227, {"S": ["32e"], "Sc": ["16c"], "Zn": ["8a"]}),  # 56 atoms, DoF 1
+                  ("CaTiO3", 62, {"Ca": ["4c"], "Ti": ["4b"], "O": ["4c", "8d"]}))  # 20 atoms, DoF 7
+    out = run(table)
+    assert out["atoms_per_cell"].to_list() == [5, 56, 20]
+    assert out["total_dof"].to_list() == [0, 1, 7]
+    assert out["size_ok"].to_list() == [True, False, False]
+    assert out["reasons"][1].to_list() == ["too_many_atoms"]
+    assert out["reasons"][2].to_list() == ["too_many_dof"]
+    loose = FilterConfig(max_atoms_per_cell=60, max_total_dof=7, max_predicted_formation_energy=None,
+                         min_synthesizability=None)
+    assert run(table, config=loose)["size_ok"].to_list() == [True, True, True]
+
+
+def test_energy_rule_threshold_missing_and_not_evaluated():
+    table = genes(("SrTiO3", 221, SRTIO3, -1.2), ("BaTiO3", 221, {"Ba": ["1a"], "Ti": ["1b"], "O": ["3c"]}, 0.3),
+                  ("CaTiO3", 221, {"Ca": ["1a"], "Ti": ["1b"], "O": ["3c"]}, None))
+    out = run(table, config=FilterConfig(min_synthesizability=None))  # default threshold 0.0 eV/atom
+    assert out["energy_ok"].to_list() == [True, False, False]
+    assert out["reasons"][1].to_list() == ["formation_energy_above_threshold"]
+    assert out["reasons"][2].to_list() == ["formation_energy_missing"]
+    assert run(table, config=FilterConfig(max_predicted_formation_energy=0.5, min_synthesizability=None))[
+        "energy_ok"].to_list() == [True, True, False]
+    no_column = run(table.drop("predicted_formation_energy"), config=FilterConfig(min_synthesizability=None))
+    assert no_column["energy_ok"].all() and no_column["notes"][0].to_list() == [
+        "formation_energy_not_evaluated", "synthesizability_not_evaluated"]
+
+
+def test_synthesizability_rule_with_a_scorer_and_without():
+    table = genes(("SrTiO3", 221, SRTIO3), ("SrTiO3", 221, {"Sr": ["1b"], "Ti": ["1a"], "O": ["3c"]}),
+                  ("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1a"], "O": ["3d"]}))
+    seen = []
+
+    def scorer(rows: pl.DataFrame) -> np.ndarray:
+        seen.append(rows.height)
+        return np.array([0.9, 0.2])
+
+    cfg = FilterConfig(max_predicted_formation_energy=None)  # default min score 0.5
+    out = run(table, config=cfg, synthesizability=scorer)
+    assert seen == [2]  # only the Wyckoff-valid rows are scored
+    assert out["synthesizability"].to_list() == [0.9, 0.2, None]
+    assert out["synthesizable_ok"].to_list() == [True, False, False]
+    assert "synthesizability_below_threshold" in out["reasons"][1]
+    assert "synthesizability_unscored" in out["reasons"][2]
+    none = run(table, config=cfg, synthesizability=None)
+    assert none["synthesizable_ok"].all() and none["synthesizability"].null_count() == 3
+    assert "synthesizability_not_evaluated" in none["notes"][0]
+    assert "synthesizability_not_evaluated" not in none["reasons"][0]
+
+
+# ---------------------------------------------------------------- target formula
+
+
+def test_target_formula_for_ground_state_and_polymorph(targets):
+    table = genes(("BaTiO3", 160, {"Ba": ["3a"], "Ti": ["3a"], "O": ["9b"]}),
+                  ("BaTiO3", 221, {"Ba": ["1a"], "Ti": ["1b"], "O": ["3c"]}),
+                  ("CsPbI3", 221, {"Cs": ["1a"], "Pb": ["1b"], "I": ["3c"]}),
+                  ("SrTiO3", 221, SRTIO3))
+    ground = target(targets, "BaTiO3-160")
+    restrict = FilterConfig(max_predicted_formation_energy=None, min_synthesizability=None)
+    out = run(table, target=ground, config=restrict)
+    assert out["target_formula_ok"].to_list() == [True, True, False, False]  # any SG of BaTiO3
+    assert "not_target_formula" in out["reasons"][2]
+    poly = target(targets, "CsPbI3-221")
+    polymorphs = genes(("CsPbI3", 221, {"Cs": ["1a"], "Pb": ["1b"], "I": ["3c"]}),
+                       ("CsPbI3", 62, {"Cs": ["4c"], "Pb": ["4b"], "I": ["4c", "8d"]}),
+                       ("BaTiO3", 221, {"Ba": ["1a"], "Ti": ["1b"], "O": ["3c"]}))
+    out = run(polymorphs, target=poly, config=restrict)
+    assert out["target_formula_ok"].to_list() == [True, False, False]
+    assert "not_target_space_group" in out["reasons"][1]
+    assert "not_target_formula" in out["reasons"][2]
+    # campaigns and an unrestricted LOO keep every formula
+    assert run(table, target=target(targets, "campaign-paper"), config=restrict)["target_formula_ok"].all()
+    free = FilterConfig(max_predicted_formation_energy=None, min_synthesizability=None,
+                        restrict_to_target_formula=False)
+    assert run(table, target=ground, config=free)["target_formula_ok"].all()
+
+
+# ---------------------------------------------------------------- whole table
+
+
+def test_every_row_kept_with_verdicts_and_a_monotone_funnel(snapshot_genes, targets):
+    extra = genes(("NaCl3", 221, {"Na": ["1a"], "Cl": ["3c"]}), ("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1a"], "O": ["3d"]}))
+    sampled = pl.concat([snapshot_genes.select("formula", "space_group", "wyckoff", "gene_key"),
+                         extra.select("formula", "space_group", "wyckoff")], how="diagonal_relaxed")
+    sampled = sampled.with_columns(pl.Series("predicted_formation_energy", np.linspace(-2, 1, sampled.height)))
+    known = set(snapshot_genes["gene_key"].head(100))
+    out = apply_filters(sampled, known_gene_keys=known, target=None, config=FilterConfig(), synthesizability=None)
+    assert out.height == sampled.height
+    assert out.select("formula", "space_group", "wyckoff").equals(sampled.select("formula", "space_group", "wyckoff"))
+    for rule in (*RULES, "passed"):
+        assert out[rule].dtype == pl.Boolean and out[rule].null_count() == 0
+    # passed <=> no reasons; passed == AND of the rules
+    assert (out["passed"] == (out["reasons"].list.len() == 0)).all()
+    assert (out["passed"] == out.select(pl.all_horizontal(*RULES)).to_series()).all()
+    steps = funnel(out)
+    assert [s["stage"] for s in steps] == [s for s, _ in FUNNEL_STAGES]
+    counts = [s["remaining"] for s in steps]
+    assert counts[0] == out.height and counts[-1] == int(out["passed"].sum())
+    assert all(a >= b for a, b in zip(counts, counts[1:]))
+    assert all(s["removed"] >= 0 for s in steps)
+    assert counts[1] < counts[0] and counts[4] < counts[3]  # NaCl3 and the known genes go
+
+
+# ---------------------------------------------------------------- synthesizability model
+
+
+def test_labels_choose_pu_or_supervised():
+    y, use, mode = labels_and_mode(pl.Series([False] * 150 + [None] * 50, dtype=pl.Boolean))
+    assert mode == "pu" and use.all() and y.sum() == 150
+    flags = pl.Series([False] * 150 + [True] * 120 + [None] * 30, dtype=pl.Boolean)
+    y, use, mode = labels_and_mode(flags)
+    assert mode == "supervised" and use.sum() == 270 and y[:150].all() and not y[150:].any()
+
+
+def test_synthesizability_trains_scores_and_round_trips(snapshot_genes, tmp_path):
+    model = train_synthesizability(snapshot_genes, seed=0, n_bags=3, n_jobs=1)
+    m = model.metrics
+    assert m["mode"] == "pu" and model.mode == "pu"
+    assert 0.0 <= m["cv_roc_auc"] <= 1.0 and len(m["cv_roc_auc_folds"]) == 5
+    assert m["n_known"] > 100 and m["n_other"] > 100
+    scores = model.score(snapshot_genes)
+    assert scores.shape == (snapshot_genes.height,)
+    assert np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
+    # a sampled gene is scored from (formula, space group, Wyckoff) alone, identically
+    plain = snapshot_genes.select("formula", "space_group", "wyckoff")
+    np.testing.assert_allclose(model.score(plain), scores, rtol=1e-6)
+    np.testing.assert_allclose(features_from_table(snapshot_genes), features_for_genes(
+        plain["formula"].to_list(), plain["space_group"].to_list(), plain["wyckoff"].to_list()), rtol=1e-6)
+    # invalid genes and genes beyond the encoding score NaN
+    odd = model.score([("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1a"], "O": ["3d"]}), ("SrTiO3", 221, SRTIO3)])
+    assert np.isnan(odd[0]) and 0 <= odd[1] <= 1
+    # save / load round trip
+    path = model.save(tmp_path / "synth.joblib")
+    again = SynthModel.load(path)
+    np.testing.assert_array_equal(again.score(snapshot_genes), scores)
+    assert again.metrics == m
+    # the model plugs into the filters
+    out = run(genes(("SrTiO3", 221, SRTIO3)), config=FilterConfig(max_predicted_formation_energy=None),
+              synthesizability=again)
+    assert out["synthesizability"][0] == pytest.approx(odd[1])
+
+
+def test_ml_modules_do_not_import_dagster():
+    code = ("import sys, ml.filters, ml.synthesizability; "
+            "bad = [m for m in sys.modules if m.split('.')[0].startswith('dagster')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
