@@ -75,3 +75,52 @@ def test_unknown_partition_fails_clearly(wycryst_env):
                                 raise_on_error=False)
     assert not result.success
     assert "no target 'NaCl-225' in the registry" in str(result.failure_data_for_node("pvae_model").error)
+
+
+def test_tiny_partition_from_genes_to_filtered_genes(wycryst_env, training_snapshot, monkeypatch):
+    """Snapshot -> genes -> synthesizability -> PVAE -> sampled -> filtered for one LOO partition,
+    plus the forward model, every step a run in the real instance writing the real warehouse."""
+    import duckdb
+
+    from wycryst_assets.assets.forward import forward_model
+    from wycryst_assets.assets.genes import wyckoff_genes
+    from wycryst_assets.assets.pvae import TrainingDevice, pvae_model
+    from wycryst_assets.assets.sampling import filtered_genes, sampled_genes, synthesizability_model
+    from wycryst_assets.assets.snapshot import mp_snapshot
+    from wycryst_assets.partitions import sync_target_partitions
+    from wycryst_assets.resources import warehouse_resource
+
+    monkeypatch.setenv("WYCRYST_SNAPSHOT", str(training_snapshot))
+    resources = {"warehouse": warehouse_resource(), "training_device": TrainingDevice(accelerator="cpu", devices="1")}
+    key = "CsPbI3-221"
+    with dg.DagsterInstance.get() as instance:
+        sync_target_partitions(instance)
+
+        def run(assets, partition=None, config=None):
+            return dg.materialize(assets, instance=instance, resources=resources, partition_key=partition,
+                                  run_config={"ops": config or {}}, selection=assets, raise_on_error=False)
+
+        assert run([mp_snapshot, wyckoff_genes], config={"wyckoff_genes": {"config": {"processes": 1}}}).success
+        assert run([synthesizability_model]).success
+        run([pvae_model], key, {"pvae_model": {"config": {"max_epochs": 1, "latent_dim": 16, "batch_size": 64}}})
+        sampled = run([sampled_genes], key, {"sampled_genes": {"config": {"samples_per_origin": 50}}})
+        assert sampled.success
+        filtered = run([filtered_genes], key)
+        assert filtered.success
+        again = run([sampled_genes], key, {"sampled_genes": {"config": {"samples_per_origin": 50}}})
+        assert again.success
+        forward = run([forward_model], config={"forward_model": {"config": {"model": "hgb", "n_splits": 2}}})
+        assert forward.success
+
+    meta = filtered.asset_materializations_for_node("filtered_genes")[0].metadata
+    assert "held_out_gene_sampled" in meta and "| stage |" in meta["funnel"].value
+    con = duckdb.connect(str(wycryst_env["home"] / "warehouse.duckdb"), read_only=True)
+    n_sampled, hits = con.execute("SELECT count(*), sum(hits) FROM sampled_genes WHERE target = ?", [key]).fetchone()
+    n_origins = sampled.asset_materializations_for_node("sampled_genes")[0].metadata["origins"].value.split()[0]
+    assert hits == 50 * int(n_origins)  # re-materializing replaced the partition's rows
+    n_filtered, n_passed = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE passed) FROM filtered_genes WHERE target = ?", [key]).fetchone()
+    assert n_filtered == n_sampled and n_passed <= n_filtered  # every sampled gene has a verdict
+    con.close()
+    fmeta = forward.asset_materializations_for_node("forward_model")[0].metadata
+    assert fmeta["formation_energy_mae"].value > 0

@@ -11,7 +11,7 @@ from wycryst_assets.assets.genes import wyckoff_genes
 from wycryst_assets.assets.pvae import model_dir, pvae_model
 from wycryst_assets.partitions import current_registry, targets_partitions
 from wycryst_assets.plots import bar_chart_markdown, markdown_table
-from wycryst_assets.warehouse import read_table, replace_partition, replace_tables, table_exists
+from wycryst_assets.warehouse import read_table, replace_partition
 
 
 class SampledGenesConfig(dg.Config):
@@ -169,8 +169,8 @@ def filtered_genes(context: dg.AssetExecutionContext, config: FilteredGenesConfi
         "sampled": dg.MetadataValue.int(out.height),
         "passed": dg.MetadataValue.int(passed.height),
         "funnel": dg.MetadataValue.md(markdown_table(steps) + "\n\n" + bar_chart_markdown(
-            [s["step"] for s in steps], [s["genes"] for s in steps], title=f"{key}: filter funnel",
-            xlabel="rule", ylabel="genes")),
+            [s["stage"] for s in steps], [s["remaining"] for s in steps], title=f"{key}: filter funnel",
+            xlabel="rule (applied in sequence)", ylabel="genes remaining")),
         "top_passed_genes": dg.MetadataValue.md(markdown_table([
             {"formula": r["formula"], "sg": r["space_group"], "wyckoff": r["wyckoff"], "hits": r["hits"],
              "dof": r["total_dof"], "pred_Ef": round(r["predicted_formation_energy"], 3)}
