@@ -125,3 +125,15 @@ def latent_pca_png(latent: np.ndarray, highlight: np.ndarray | Sequence[int] | N
         ax.legend(loc="best")
     ax.set_title("PVAE latent space (PCA)")
     return _png(fig)
+
+
+def bar_chart_png(labels: Sequence, values: Sequence[float], *, title: str, xlabel: str, ylabel: str) -> bytes:
+    """A bar chart (e.g. a filter funnel or genes per space group)."""
+    fig = _figure(7.0, 3.0)
+    ax = fig.add_subplot()
+    ax.bar([str(x) for x in labels], values, color="#4477aa")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    return _png(fig)

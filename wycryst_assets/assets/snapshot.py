@@ -9,6 +9,7 @@ from dagster_duckdb import DuckDBResource
 
 from ml import snapshot as snap
 from wycryst_assets import settings
+from wycryst_assets.plots import markdown_table
 from wycryst_assets.warehouse import replace_tables
 
 
@@ -72,8 +73,7 @@ def mp_snapshot(context: dg.AssetExecutionContext, config: MPSnapshotConfig, war
             "ternaries": dg.MetadataValue.int(int(materials.filter(pl.col("nelements") == 3).height)),
             "elements": dg.MetadataValue.int(materials["elements"].explode().n_unique()),
             "materials_by_nelements": dg.MetadataValue.md(
-                "\n".join(["| elements | materials |", "|---|---|"]
-                          + [f"| {n} | {c} |" for n, c in by_n.iter_rows()])
+                markdown_table([{"elements": n, "materials": c} for n, c in by_n.iter_rows()])
             ),
             "sha256": info.sha256,
             "path": dg.MetadataValue.path(str(info.path)),
