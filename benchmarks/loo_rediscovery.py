@@ -6,7 +6,7 @@ sampled / passed, its rank by hits, and the reasons when it failed. Models alrea
 WYCRYST_HOME are reused with --reuse-models.
 
     .venv/bin/python benchmarks/loo_rediscovery.py [--home DIR] [--targets K1,K2] [--reuse-models]
-        [--samples-per-origin 5000] [--noise-scale 1.4] [--min-synthesizability 0.5]
+        [--samples-per-origin 5000] [--noise-scale 1.4] [--min-synthesizability 0.1]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--reuse-models", action="store_true")
     ap.add_argument("--samples-per-origin", type=int, default=5000)
     ap.add_argument("--noise-scale", type=float, default=1.4)
-    ap.add_argument("--min-synthesizability", type=float, default=0.5)
+    ap.add_argument("--min-synthesizability", type=float, default=0.1)
     ap.add_argument("--max-epochs", type=int, default=30)
     args = ap.parse_args()
     home = Path(args.home)
