@@ -24,10 +24,16 @@ from ml.tensors import COUNT, COUNT_SCALE, ELEMENT, LETTERS, DecodedGenes, GeneA
 
 @dataclass
 class SamplingConfig:
+    """``noise_scale`` is in units of each origin's posterior standard deviation (exp(logvar/2)
+    from the encoder) when ``noise_unit`` is "posterior_sigma" — the neighbourhood the decoder was
+    trained to decode — or in absolute latent units ("absolute", the reference code's choice for
+    its own latent space)."""
+
     samples_per_origin: int = 5000
     noise_scale: float = 1.4
     seed: int = 0
     batch_size: int = 32768
+    noise_unit: str = "posterior_sigma"
 
 
 def _pack(decoded: DecodedGenes) -> np.ndarray:
@@ -58,11 +64,14 @@ def _merge(keys: np.ndarray, hits: np.ndarray, ef_sum: np.ndarray, gap_sum: np.n
 
 @torch.no_grad()
 def sample_decoded(module, origin_latent: np.ndarray, config: SamplingConfig,
-                   log: Callable[[str], None] | None = None):
-    """Perturb + decode + merge identical rows. Returns (keys, hits, ef_sum, gap_sum, seconds)."""
+                   log: Callable[[str], None] | None = None, origin_sigma: np.ndarray | None = None):
+    """Perturb + decode + merge identical rows. Returns (keys, hits, ef_sum, gap_sum, seconds).
+
+    ``origin_sigma`` (n_origins, latent) scales the noise per origin and dimension when given."""
     module.eval()
     rng = np.random.default_rng(config.seed)
     origin_latent = np.asarray(origin_latent, dtype=np.float32)
+    sigma = np.ones_like(origin_latent) if origin_sigma is None else np.asarray(origin_sigma, dtype=np.float32)
     n_origins, dim = origin_latent.shape
     total = n_origins * config.samples_per_origin
     acc = None
@@ -72,7 +81,8 @@ def sample_decoded(module, origin_latent: np.ndarray, config: SamplingConfig,
     while done < total:
         b = min(config.batch_size, total - done)
         origin_index = (np.arange(done, done + b) // config.samples_per_origin).astype(np.int64)
-        z = origin_latent[origin_index] + rng.normal(0.0, config.noise_scale, (b, dim)).astype(np.float32)
+        noise = rng.standard_normal((b, dim), dtype=np.float32) * np.float32(config.noise_scale)
+        z = origin_latent[origin_index] + noise * sigma[origin_index]
         zt = torch.from_numpy(z).to(device)
         recon, sg_logits = module.net.decode(zt)
         props = module.predict_properties(zt).cpu().numpy().astype(np.float64)
@@ -121,14 +131,33 @@ def genes_from_decoded(keys, hits, ef_sum, gap_sum) -> pl.DataFrame:
     )
 
 
+@torch.no_grad()
+def encode_posterior(module, arrays: GeneArrays, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Latent means and posterior standard deviations (N, latent) of genes."""
+    module.eval()
+    means, sigmas = [], []
+    for start in range(0, len(arrays), batch_size):
+        sl = slice(start, start + batch_size)
+        x = torch.as_tensor(arrays.X[sl], dtype=torch.float32, device=module.device)
+        sg = torch.as_tensor(arrays.sg[sl], dtype=torch.int64, device=module.device)
+        mean, logvar = module.net.encode(x, sg)
+        means.append(mean.cpu().numpy())
+        sigmas.append(torch.exp(0.5 * logvar).cpu().numpy())
+    if not means:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(means).astype(np.float32), np.concatenate(sigmas).astype(np.float32)
+
+
 def sample_genes(module, origin_arrays: GeneArrays, config: SamplingConfig | None = None,
                  log: Callable[[str], None] | None = None) -> tuple[pl.DataFrame, dict]:
     """Origins -> sampled genes table + stats (points, distinct rows, seconds, points/s)."""
-    from ml.training import encode_latent
-
     config = config or SamplingConfig()
-    z0 = encode_latent(module, origin_arrays)
-    keys, hits, ef_sum, gap_sum, seconds = sample_decoded(module, z0, config, log=log)
+    z0, sigma = encode_posterior(module, origin_arrays)
+    if config.noise_unit == "absolute":
+        sigma = None
+    elif config.noise_unit != "posterior_sigma":
+        raise ValueError(f"noise_unit must be 'posterior_sigma' or 'absolute', got {config.noise_unit!r}")
+    keys, hits, ef_sum, gap_sum, seconds = sample_decoded(module, z0, config, log=log, origin_sigma=sigma)
     t = time.perf_counter()
     table = genes_from_decoded(keys, hits, ef_sum, gap_sum)
     canon_seconds = time.perf_counter() - t
