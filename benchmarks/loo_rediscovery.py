@@ -6,7 +6,7 @@ sampled / passed, its rank by hits, and the reasons when it failed. Models alrea
 WYCRYST_HOME are reused with --reuse-models.
 
     .venv/bin/python benchmarks/loo_rediscovery.py [--home DIR] [--targets K1,K2] [--reuse-models]
-        [--samples-per-origin 5000] [--noise-scale 1.4] [--min-synthesizability 0.1]
+        [--samples-per-origin 5000] [--noise-scale 4.0] [--noise-unit posterior_sigma] [--min-synthesizability 0.1]
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def main() -> None:
     ap.add_argument("--targets", default=",".join(PUBLISHED))
     ap.add_argument("--reuse-models", action="store_true")
     ap.add_argument("--samples-per-origin", type=int, default=5000)
-    ap.add_argument("--noise-scale", type=float, default=1.4)
+    ap.add_argument("--noise-scale", type=float, default=4.0)
+    ap.add_argument("--noise-unit", default="posterior_sigma")
     ap.add_argument("--min-synthesizability", type=float, default=0.1)
     ap.add_argument("--max-epochs", type=int, default=30)
     args = ap.parse_args()
@@ -76,7 +77,8 @@ def main() -> None:
                       f"wyckoff {m['wyckoff_accuracy'].value:.3f} sg {m['space_group_accuracy'].value:.3f} "
                       f"ef_mae {m['ef_mae'].value:.3f}; excluded {m['excluded_material_ids'].value}", flush=True)
             res, sample_s = run([sampled_genes], key, {"sampled_genes": {"config": {
-                "samples_per_origin": args.samples_per_origin, "noise_scale": args.noise_scale}}})
+                "samples_per_origin": args.samples_per_origin, "noise_scale": args.noise_scale,
+                "noise_unit": args.noise_unit}}})
             sm = res.asset_materializations_for_node("sampled_genes")[0].metadata
             res, filter_s = run([filtered_genes], key, {"filtered_genes": {"config": {
                 "min_synthesizability": args.min_synthesizability}}})
