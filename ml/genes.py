@@ -85,6 +85,17 @@ class Gene:
         return cls(formula, int(space_group), canonical_wyckoff(w))
 
 
+def _checked_site(table, element: str, label: str) -> tuple[int, str]:
+    """(multiplicity as written, letter) of a site label whose letter exists in ``table``."""
+    try:
+        mult, letter = parse_site_label(label)
+    except ValueError as exc:
+        raise GeneError("bad_wyckoff_label", f"{element}: {label!r}") from exc
+    if letter not in table.sites:
+        raise GeneError("letter_not_in_space_group", f"{element} {label} in SG {table.number}")
+    return mult, letter
+
+
 def equivalent_configurations(space_group: int, wyckoff: dict) -> list[str]:
     """Canonical JSON of every equivalent configuration (one per alternative setting), unique."""
     table = space_group_table(space_group)
@@ -94,12 +105,7 @@ def equivalent_configurations(space_group: int, wyckoff: dict) -> list[str]:
         for el, sites in wyckoff.items():
             out = []
             for label in sites:
-                try:
-                    _, letter = parse_site_label(label)
-                except ValueError as exc:
-                    raise GeneError("bad_wyckoff_label", f"{el}: {label!r}") from exc
-                if letter not in table.sites:
-                    raise GeneError("letter_not_in_space_group", f"{el} {label} in SG {space_group}")
+                _, letter = _checked_site(table, el, label)
                 new = perm.get(letter, letter)
                 out.append(f"{table.multiplicity(new)}{new}")
             mapped[el] = out
@@ -168,12 +174,7 @@ def validate_gene(formula: str, space_group: int, wyckoff: dict) -> GeneSummary:
     for el, sites in canonical_wyckoff(wyckoff).items():
         mults = []
         for label in sites:
-            try:
-                mult, letter = parse_site_label(label)
-            except ValueError as exc:
-                raise GeneError("bad_wyckoff_label", f"{el}: {label!r}") from exc
-            if letter not in table.sites:
-                raise GeneError("letter_not_in_space_group", f"{el} {label} in SG {sg}")
+            mult, letter = _checked_site(table, el, label)
             info = table.sites[letter]
             if info.multiplicity != mult:
                 raise GeneError(

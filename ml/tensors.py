@@ -3,21 +3,17 @@
 The Wyckoff array of one gene is ``(N_SLOTS, N_FEATURES)`` = (3, 135): one row per element slot
 (cation-first, as in :mod:`ml.encoding`), with the features laid out as
 
-=============  =======  ============================================================
-columns        width    what
-=============  =======  ============================================================
-``ELEMENT``    94       one-hot element (all zero for an empty slot)
-``COUNT``      1        atoms of the element in the conventional cell / ``COUNT_SCALE``
-``FRACTION``   1        atom fraction of the element
-``DESCRIPTORS`` 12      standardized element descriptors (:func:`ml.elements.descriptor_matrix`)
-``LETTERS``    27       number of occupied sites of each Wyckoff letter a..z, A
-=============  =======  ============================================================
+* ``ELEMENT`` (94 columns): one-hot element (all zero for an empty slot);
+* ``COUNT`` (1): atoms of the element in the conventional cell / ``COUNT_SCALE``;
+* ``FRACTION`` (1): atom fraction of the element;
+* ``DESCRIPTORS`` (12): standardized element descriptors (:func:`ml.elements.descriptor_matrix`);
+* ``LETTERS`` (27): number of occupied sites of each Wyckoff letter a..z, A.
 
-``COUNT_SCALE`` = 8: a conventional cell of a ternary holds 1..~200 atoms of one element (median
-~4), so count / 8 keeps the column of the same order as the one-hot and descriptor columns while
-an absolute error below 0.5 atom (what rounding forgives) is still ~0.06 in the scaled unit, large
-enough for the MSE to see. Letter counts are kept as raw integers (0..~6): rounding a decoded
-value recovers them exactly when its error is below 0.5.
+``COUNT_SCALE`` = 8: a conventional cell of an MP ternary holds 1..160 atoms of one element (median
+4, 99th percentile 48), so count / 8 keeps the column of the order of the one-hot and descriptor
+columns while an error of 0.5 atom (what rounding forgives) is still ~0.06 in the scaled unit,
+large enough for the MSE to see. Letter counts stay raw integers (mostly 0-2, up to 28 sites of
+one letter in P1): rounding a decoded value recovers them exactly when its error is below 0.5.
 
 The space group is carried separately as ``sg`` (0..229; the network one-hot-encodes it).
 
