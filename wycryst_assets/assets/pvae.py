@@ -8,6 +8,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from ml.origins import origin_genes
+from ml.pvae import PVAEConfig
 from ml.targets import TargetError, loo_excluded_ids
 from wycryst_assets import settings
 from wycryst_assets.assets.genes import wyckoff_genes
@@ -29,17 +30,18 @@ class TrainingDevice(dg.ConfigurableResource):
 
 
 class PVAEModelConfig(dg.Config):
-    """Training hyperparameters (defaults: ml.pvae.PVAEConfig, tuned on the shared snapshot;
-    paper's grid: latent 64/128/256/512 -> 256, lr 4e-4..1e-5, batch 64..512, epochs 64..256)."""
+    """Training hyperparameters; defaults are ml.pvae.PVAEConfig's, tuned on the shared snapshot
+    (benchmarks/pvae_benchmark.py). Paper's grid: latent 64/128/256/512 -> 256, lr 4e-4..1e-5,
+    batch 64..512, epochs 64..256."""
 
-    latent_dim: int = 256
-    max_epochs: int = 40
-    batch_size: int = 256
-    lr: float = 2e-3
-    kl_weight: float = 1e-3
-    property_weight: float = 1.0
-    wyckoff_weight: float = 0.1
-    seed: int = 21
+    latent_dim: int = PVAEConfig.latent_dim
+    max_epochs: int = PVAEConfig.max_epochs
+    batch_size: int = PVAEConfig.batch_size
+    lr: float = PVAEConfig.lr
+    kl_weight: float = PVAEConfig.kl_weight
+    property_weight: float = PVAEConfig.property_weight
+    wyckoff_weight: float = PVAEConfig.wyckoff_weight
+    seed: int = PVAEConfig.seed
 
 
 def model_dir(target: str):
@@ -65,7 +67,6 @@ def pvae_model(context: dg.AssetExecutionContext, config: PVAEModelConfig, wareh
     import torch
 
     from ml.plots import latent_pca_png, parity_png, png_markdown, training_curves_png
-    from ml.pvae import PVAEConfig
     from ml.training import train_pvae
 
     key = context.partition_key
