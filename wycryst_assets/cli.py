@@ -19,6 +19,9 @@ MAIN_STAGES = (
     ("mp_snapshot,wyckoff_genes,synthesizability_model", False),
     ("pvae_model,sampled_genes,filtered_genes", True),
 )
+# The main job samples 500 perturbations per origin (the asset's default is 5,000): a quick
+# look at a partition in minutes; rerun sampled_genes from the UI for the full sampling.
+MAIN_RUN_CONFIG = {"ops": {"sampled_genes": {"config": {"samples_per_origin": 500}}}}
 
 
 def init_dagster_home() -> Path:
@@ -71,11 +74,14 @@ def run_main(select: str | None, partition: str | None) -> None:
         stages = [(select, partition)]
     else:
         stages = [(sel, (partition or MAIN_PARTITION) if partitioned else None) for sel, partitioned in MAIN_STAGES]
+    import json
     start = time.perf_counter()
     for selection, part in stages:
         cmd = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "wycryst_assets", "--select", selection]
         if part:
             cmd += ["--partition", part]
+        if not select and "sampled_genes" in selection:
+            cmd += ["--config-json", json.dumps(MAIN_RUN_CONFIG)]
         click.echo(f"$ {' '.join(cmd)}")
         result = subprocess.run(cmd, env=env, cwd=settings.REPO_ROOT)
         if result.returncode != 0:
