@@ -205,7 +205,9 @@ def _fit_many(x: np.ndarray, y: np.ndarray, jobs: list[tuple[np.ndarray, int]], 
 
     if n_jobs <= 1 or len(jobs) <= 1:
         return [_fit_one(x, y, idx, seed, balance) for idx, seed in jobs]
-    return Parallel(n_jobs=min(n_jobs, len(jobs)), backend="loky")(
+    # threads, not loky processes: a loky pool outlives the call and keeps a Dagster step
+    # process from exiting until its idle timeout; the fits release the GIL in their Cython core
+    return Parallel(n_jobs=min(n_jobs, len(jobs)), backend="threading")(
         delayed(_fit_one)(x, y, idx, seed, balance) for idx, seed in jobs)
 
 
