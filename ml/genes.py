@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import reduce
 
 import numpy as np
 
@@ -251,7 +249,3 @@ def gene_from_structure(structure, **kwargs) -> tuple[Gene, GeneSummary]:
     return gene_from_cell(
         structure.lattice.matrix, structure.frac_coords, [site.specie.Z for site in structure], **kwargs
     )
-
-
-def gcd_counts(counts) -> int:
-    return reduce(math.gcd, [int(c) for c in counts])

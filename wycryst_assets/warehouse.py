@@ -55,10 +55,3 @@ def replace_partition(conn, table: str, target: str, df: pl.DataFrame) -> None:
 def read_table(conn, sql: str, params=None) -> pl.DataFrame:
     return pl.from_arrow(conn.execute(sql, params or []).fetch_arrow_table())
 
-
-def table_exists(conn, name: str) -> bool:
-    return bool(
-        conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [_check(name)]
-        ).fetchone()[0]
-    )
