@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-# Debian packages the platform uses (none yet beyond Python's build tools)
-APT_PACKAGES=()
+# Debian packages the platform uses: GPAW + its PAW datasets (real DFT, run as an external
+# engine with Debian's python3), a single-node Slurm (slurm-wlm + munge) for the HPC path, and
+# chromium for the browser test of the UI.
+APT_PACKAGES=(gpaw gpaw-data slurm-wlm munge chromium)
 need_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
