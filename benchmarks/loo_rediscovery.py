@@ -7,6 +7,7 @@ WYCRYST_HOME are reused with --reuse-models.
 
     .venv/bin/python benchmarks/loo_rediscovery.py [--home DIR] [--targets K1,K2] [--reuse-models]
         [--samples-per-origin 5000] [--noise-scale 4.0] [--noise-unit posterior_sigma] [--min-synthesizability 0.1]
+        [--element-constraint task|none] [--origin-scope stoichiometry|formula]
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def main() -> None:
     ap.add_argument("--noise-scale", type=float, default=4.0)
     ap.add_argument("--noise-unit", default="posterior_sigma")
     ap.add_argument("--min-synthesizability", type=float, default=0.1)
+    ap.add_argument("--element-constraint", default="task", choices=["task", "none"])
+    ap.add_argument("--origin-scope", default="stoichiometry", choices=["stoichiometry", "formula"])
+    ap.add_argument("--max-latent-points", type=int, default=2_000_000)
     ap.add_argument("--max-epochs", type=int, default=30)
     args = ap.parse_args()
     home = Path(args.home)
@@ -78,7 +82,8 @@ def main() -> None:
                       f"ef_mae {m['ef_mae'].value:.3f}; excluded {m['excluded_material_ids'].value}", flush=True)
             res, sample_s = run([sampled_genes], key, {"sampled_genes": {"config": {
                 "samples_per_origin": args.samples_per_origin, "noise_scale": args.noise_scale,
-                "noise_unit": args.noise_unit}}})
+                "noise_unit": args.noise_unit, "element_constraint": args.element_constraint,
+                "origin_scope": args.origin_scope, "max_latent_points": args.max_latent_points}}})
             sm = res.asset_materializations_for_node("sampled_genes")[0].metadata
             res, filter_s = run([filtered_genes], key, {"filtered_genes": {"config": {
                 "min_synthesizability": args.min_synthesizability}}})

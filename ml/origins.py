@@ -1,8 +1,12 @@
 """Origin points of latent-space sampling, by task (paper: Ground State / Polymorph CSP tasks
 and the generation campaign).
 
-* ``ground_state``: training genes with the target's reduced formula; when there are none,
-  genes of the same anonymous formula (e.g. ABC3) sharing at least one element with it.
+* ``ground_state``: ``scope="stoichiometry"`` (default) — training ternaries of the target's
+  stoichiometry, i.e. its anonymous formula (ABC3 for CaTiO3), the target formula's own genes
+  included: the paper's Fig. S1 reference points are "all materials with the same stoichiometry",
+  and with element-constrained decoding (:mod:`ml.sampling`) these prototypes carry the structure
+  while the target supplies the elements. ``scope="formula"`` — only genes with the target's
+  reduced formula; when there are none, genes of the same anonymous formula sharing an element.
 * ``polymorph``: training ternaries in the target's space group.
 * ``campaign``: training ternaries made only of the campaign's elements.
 """
@@ -20,9 +24,22 @@ def _anonymous(formula: str) -> str:
     return Composition(formula).anonymized_formula
 
 
-def origin_genes(train: pl.DataFrame, target: Target) -> tuple[pl.DataFrame, str]:
+ORIGIN_SCOPES = ("stoichiometry", "formula")
+
+
+def origin_genes(train: pl.DataFrame, target: Target, scope: str = "stoichiometry") -> tuple[pl.DataFrame, str]:
     """(origin rows of ``train``, how they were chosen). ``train`` is a gene table."""
+    if scope not in ORIGIN_SCOPES:
+        raise ValueError(f"origin scope must be one of {ORIGIN_SCOPES}, got {scope!r}")
     ternary = train.filter(pl.col("n_elements") == 3)
+    if target.task == "ground_state" and scope == "stoichiometry":
+        anon = _anonymous(target.reduced_formula)
+        formulas = ternary["formula"].unique().to_list()
+        keep = sorted(f for f in formulas if _anonymous(f) == anon)
+        same = ternary.filter(pl.col("formula") == target.reduced_formula).height
+        return ternary.filter(pl.col("formula").is_in(keep)), (
+            f"training ternaries of stoichiometry {anon} ({same} with formula {target.reduced_formula})"
+        )
     if target.task == "ground_state":
         same = ternary.filter(pl.col("formula") == target.reduced_formula)
         if same.height:

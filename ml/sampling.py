@@ -34,6 +34,9 @@ class SamplingConfig:
     seed: int = 0
     batch_size: int = 32768
     noise_unit: str = "posterior_sigma"
+    # Element-constrained decoding: each slot's element is the argmax of the decoder's element
+    # logits over these symbols only (the task's composition or campaign list); None = all 94.
+    allowed_elements: tuple[str, ...] | None = None
 
 
 def _pack(decoded: DecodedGenes) -> np.ndarray:
@@ -62,6 +65,19 @@ def _merge(keys: np.ndarray, hits: np.ndarray, ef_sum: np.ndarray, gap_sum: np.n
             np.bincount(inverse, ef_sum, m), np.bincount(inverse, gap_sum, m))
 
 
+def _element_mask(allowed: tuple[str, ...] | None) -> np.ndarray | None:
+    """(94,) boolean mask of the allowed symbols (ValueError for a symbol outside the vocabulary)."""
+    if not allowed:
+        return None
+    from ml.elements import vocabulary
+
+    symbols = vocabulary()
+    unknown = sorted(set(allowed) - set(symbols))
+    if unknown:
+        raise ValueError(f"elements outside the model's vocabulary: {unknown}")
+    return np.isin(np.asarray(symbols), list(allowed))
+
+
 @torch.no_grad()
 def sample_decoded(module, origin_latent: np.ndarray, config: SamplingConfig,
                    log: Callable[[str], None] | None = None, origin_sigma: np.ndarray | None = None):
@@ -78,6 +94,7 @@ def sample_decoded(module, origin_latent: np.ndarray, config: SamplingConfig,
     start = time.perf_counter()
     done = 0
     device = module.device
+    element_mask = _element_mask(config.allowed_elements)
     while done < total:
         b = min(config.batch_size, total - done)
         origin_index = (np.arange(done, done + b) // config.samples_per_origin).astype(np.int64)
@@ -87,7 +104,10 @@ def sample_decoded(module, origin_latent: np.ndarray, config: SamplingConfig,
         recon, sg_logits = module.net.decode(zt)
         props = module.predict_properties(zt).cpu().numpy().astype(np.float64)
         recon = recon.cpu().numpy()
-        decoded = decode_arrays(recon[:, :, ELEMENT], recon[:, :, COUNT] * COUNT_SCALE, recon[:, :, LETTERS],
+        element_logits = recon[:, :, ELEMENT]
+        if element_mask is not None:
+            element_logits = np.where(element_mask, element_logits, -np.inf)
+        decoded = decode_arrays(element_logits, recon[:, :, COUNT] * COUNT_SCALE, recon[:, :, LETTERS],
                                 sg_logits.cpu().numpy())
         batch = _merge(_pack(decoded), np.ones(b), props[:, 0], props[:, 1])
         acc = batch if acc is None else _merge(*(np.concatenate([x, y]) for x, y in zip(acc, batch)))

@@ -171,20 +171,32 @@ class DecodedGenes:
         return len(self.space_group)
 
 
-def decode_arrays(element_logits_or_onehot, counts, letter_counts, sg_logits) -> DecodedGenes:
+def decode_arrays(element_logits_or_onehot, counts, letter_counts, sg_logits,
+                  count_source: str = "wyckoff") -> DecodedGenes:
     """Network outputs (or true one-hot/values) -> :class:`DecodedGenes`.
 
     ``element_logits_or_onehot`` (N, 3, 94); ``counts`` (N, 3) in atoms; ``letter_counts`` (N, 3, 27);
-    ``sg_logits`` (N, 230) logits, probabilities or a one-hot. Counts are rounded and clipped at 0;
-    a slot whose letter counts all round to 0 is empty (element -1, count 0).
+    ``sg_logits`` (N, 230) logits, probabilities or a one-hot. Letter counts are rounded and clipped
+    at 0; a slot whose letter counts all round to 0 is empty (element -1, count 0).
+
+    ``count_source="wyckoff"`` (default) takes each slot's atom count as the paper's
+    symmetry-constrained Wyckoff-weighted count (sum of letter counts x multiplicity in the decoded
+    space group): the count regression column reconstructs a training gene exactly for only ~32 %
+    of genes while the Wyckoff-weighted count is right for ~98 % (measured on a LOO model, 3,000
+    ternaries). ``"decoded"`` rounds the ``counts`` column instead.
     """
     element = np.asarray(element_logits_or_onehot).argmax(axis=-1).astype(np.int64)
     letters = np.clip(np.rint(np.asarray(letter_counts, dtype=np.float64)), 0, None).astype(np.int64)
-    cnt = np.clip(np.rint(np.asarray(counts, dtype=np.float64)), 0, None).astype(np.int64)
+    sg = np.asarray(sg_logits).argmax(axis=-1).astype(np.int64) + 1
+    if count_source == "wyckoff":
+        cnt = (letters * multiplicity_matrix()[sg - 1][:, None, :]).sum(axis=-1).astype(np.int64)
+    elif count_source == "decoded":
+        cnt = np.clip(np.rint(np.asarray(counts, dtype=np.float64)), 0, None).astype(np.int64)
+    else:
+        raise ValueError(f"count_source must be 'wyckoff' or 'decoded', got {count_source!r}")
     empty = letters.sum(axis=-1) == 0
     element[empty] = -1
     cnt[empty] = 0
-    sg = np.asarray(sg_logits).argmax(axis=-1).astype(np.int64) + 1
     return DecodedGenes(element, cnt, letters, sg)
 
 

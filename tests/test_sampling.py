@@ -72,3 +72,41 @@ def test_sampling_is_reproducible_with_a_seed(tiny_model):
     assert first["gene_key"].n_unique() == first.height
     other, _ = sample_genes(module, origins, SamplingConfig(400, 1.4, seed=12, batch_size=512))
     assert int(other["hits"].sum()) == 2000
+
+
+def test_element_constrained_decoding_keeps_to_the_allowed_elements(tiny_model):
+    from pymatgen.core import Composition
+
+    from ml.tensors import encode_table
+
+    module, table = tiny_model
+    origins = encode_table(table.head(5))
+    cfg = SamplingConfig(samples_per_origin=300, noise_scale=4.0, seed=3, batch_size=512,
+                         allowed_elements=("O", "Sr", "Ti"))
+    genes, _ = sample_genes(module, origins, cfg)
+    seen = {str(e) for f in genes["formula"].to_list() if f for e in Composition(f).elements}
+    assert seen and seen <= {"O", "Sr", "Ti"}
+    unconstrained, _ = sample_genes(module, origins, SamplingConfig(300, 4.0, seed=3, batch_size=512))
+    seen_all = {str(e) for f in unconstrained["formula"].to_list() if f for e in Composition(f).elements}
+    assert not seen_all <= {"O", "Sr", "Ti"}  # the 200 random ternaries decode to other elements
+    with pytest.raises(ValueError, match="vocabulary"):
+        sample_genes(module, origins, SamplingConfig(10, 1.0, allowed_elements=("Xx",)))
+
+
+def test_decoded_formula_is_the_wyckoff_weighted_composition():
+    from ml.tensors import decode_arrays, one_hot_space_group
+
+    idx = element_index()
+    onehot = np.zeros((1, 3, 94), np.float32)
+    for s, e in enumerate(["Sr", "Ti", "O"]):
+        onehot[0, s, idx[e]] = 1
+    letters = np.zeros((1, 3, 27), np.float32)
+    letters[0, 0, LETTER_INDEX["a"]] = 1.2  # rounds to one 1a site
+    letters[0, 1, LETTER_INDEX["b"]] = 0.9
+    letters[0, 2, LETTER_INDEX["c"]] = 1.0  # 3c: multiplicity 3 in Pm-3m
+    wrong_counts = np.array([[0.4, 0.3, 2.2]])  # the count column rounds to 0, 0, 2
+    sg = one_hot_space_group(np.array([220]))
+    wyck = decode_arrays(onehot, wrong_counts, letters, sg)
+    assert wyck.counts.tolist() == [[1, 1, 3]]
+    raw = decode_arrays(onehot, wrong_counts, letters, sg, count_source="decoded")
+    assert raw.counts.tolist() == [[0, 0, 2]]

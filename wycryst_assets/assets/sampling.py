@@ -21,8 +21,15 @@ class SampledGenesConfig(dg.Config):
     origins on the shared snapshot (benchmarks/loo_rediscovery.py)."""
 
     samples_per_origin: int = 5000
+    # cap on origins x samples: many origins get fewer samples each (one partition stays minutes)
+    max_latent_points: int = 2_000_000
     noise_scale: float = 4.0
     noise_unit: str = "posterior_sigma"  # or "absolute"
+    # "task": decode element slots over the target's elements (LOO) or the campaign's list only;
+    # "none": over all 94 elements (the target formula must then come out of the decoder by chance)
+    element_constraint: str = "task"
+    # ground_state origins: "stoichiometry" (same anonymous formula, paper Fig. S1) or "formula"
+    origin_scope: str = "stoichiometry"
     seed: int = 0
     batch_size: int = 32768
 
@@ -32,6 +39,18 @@ def _load_model_manifest(key: str) -> dict:
     if not path.is_file():
         raise dg.Failure(f"no trained model for {key}: materialize pvae_model for this partition first ({path})")
     return json.loads(path.read_text())
+
+
+def _allowed_elements(target, constraint: str) -> tuple[str, ...] | None:
+    if constraint == "none":
+        return None
+    if constraint != "task":
+        raise dg.Failure(f"element_constraint must be 'task' or 'none', got {constraint!r}")
+    if target.task == "campaign":
+        return tuple(target.elements)
+    from pymatgen.core import Composition
+
+    return tuple(sorted(str(e) for e in Composition(target.reduced_formula).elements))
 
 
 def _training_genes(conn, excluded: list[str]) -> pl.DataFrame:
@@ -61,14 +80,18 @@ def sampled_genes(context: dg.AssetExecutionContext, config: SampledGenesConfig,
     manifest = _load_model_manifest(key)
     with warehouse.get_connection() as conn:
         train = _training_genes(conn, manifest["excluded_material_ids"])
-    origins, how = origin_genes(train, target)
+    origins, how = origin_genes(train, target, config.origin_scope)
     if origins.is_empty():
         raise dg.Failure(f"{key}: no origin genes ({how})")
-    context.log.info(f"{key}: {origins.height} origins ({how}) x {config.samples_per_origin} perturbations")
+    per_origin = max(1, min(config.samples_per_origin, config.max_latent_points // origins.height))
+    allowed = _allowed_elements(target, config.element_constraint)
+    context.log.info(f"{key}: {origins.height} origins ({how}) x {per_origin} perturbations; "
+                     f"elements decoded over {', '.join(allowed) if allowed else 'all 94'}")
     module = load_pvae(manifest["checkpoint"])
     table, stats = sample_genes(
         module, encode_table(origins),
-        SamplingConfig(config.samples_per_origin, config.noise_scale, config.seed, config.batch_size, config.noise_unit),
+        SamplingConfig(per_origin, config.noise_scale, config.seed, config.batch_size, config.noise_unit,
+                       allowed_elements=allowed),
         log=context.log.info,
     )
     table = table.with_columns(pl.lit(key).alias("target"), pl.lit(manifest["database_version"]).alias("database_version"))
@@ -86,7 +109,8 @@ def sampled_genes(context: dg.AssetExecutionContext, config: SampledGenesConfig,
             "points_per_second": dg.MetadataValue.float(round(stats["points_per_second"], 1)),
             "noise_scale": config.noise_scale,
             "noise_unit": config.noise_unit,
-            "samples_per_origin": config.samples_per_origin,
+            "samples_per_origin": per_origin,
+            "element_constraint": ", ".join(allowed) if allowed else "none (all 94 elements)",
             "held_out_gene_sampled": bool(hit.height) if held_out else "n/a (campaign)",
             "held_out_gene_hits": int(hit["hits"].sum()) if hit.height else 0,
             "top_genes": dg.MetadataValue.md(markdown_table(
