@@ -1,7 +1,8 @@
-"""Resources: the DuckDB warehouse (path from ``WYCRYST_HOME``)."""
+"""Resources: the DuckDB warehouse (path from ``WYCRYST_HOME``) and where structure work runs."""
 
 from __future__ import annotations
 
+import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from wycryst_assets import settings
@@ -12,3 +13,35 @@ def warehouse_resource() -> DuckDBResource:
     path = settings.warehouse_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     return DuckDBResource(database=str(path))
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Where relaxations and phonons run: ``local`` processes (default) or ``slurm`` jobs through
+    submitit (job arrays of ``chunk_size`` structures each, failed chunks resubmitted). Set from
+    the environment: ``WYCRYST_COMPUTE=slurm``, ``WYCRYST_SLURM_PARTITION``, ``WYCRYST_SLURM_ACCOUNT``."""
+
+    mode: str = "local"
+    max_workers: int = 0  # local: 0 = every core
+    chunk_size: int = 4
+    max_resubmits: int = 1
+    slurm_partition: str = "debug"
+    time_minutes: int = 60
+    cpus_per_task: int = 1
+    gpus_per_task: int = 0
+    account: str = ""
+
+    def config(self, folder):
+        from dft.hpc import ComputeConfig
+
+        return ComputeConfig(mode=self.mode, max_workers=self.max_workers or None, chunk_size=self.chunk_size,
+                             max_resubmits=self.max_resubmits, slurm_partition=self.slurm_partition,
+                             time_minutes=self.time_minutes, cpus_per_task=self.cpus_per_task,
+                             gpus_per_task=self.gpus_per_task, account=self.account or None, folder=folder)
+
+
+def compute_resource() -> ComputeResource:
+    return ComputeResource(
+        mode=dg.EnvVar("WYCRYST_COMPUTE").get_value("local") or "local",
+        slurm_partition=dg.EnvVar("WYCRYST_SLURM_PARTITION").get_value("debug") or "debug",
+        account=dg.EnvVar("WYCRYST_SLURM_ACCOUNT").get_value("") or "",
+    )

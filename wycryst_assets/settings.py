@@ -44,3 +44,9 @@ def mp_api_key_present() -> bool:
 
 def dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME", wycryst_home() / "dagster_home")).resolve()
+
+
+def elemental_references() -> Path:
+    """MP's elemental reference entries (chemical potentials of MP-compatible energies)."""
+    default = shared_data() / "mp-elemental-reference-entries.json.gz"
+    return Path(os.environ.get("WYCRYST_ELEMENTAL_REFS", default)).resolve()

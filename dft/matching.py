@@ -1,0 +1,58 @@
+"""Leave-one-out match: a relaxed structure's lattice against the registry's reference lattice.
+
+The registry gives the conventional standard cell (hexagonal axes for trigonal groups), or a
+rhombohedral primitive cell when the key ends in ``_rhombohedral``. The relaxed structure is put
+in the same setting with spglib/pymatgen (``SpacegroupAnalyzer`` conventional standard or
+primitive standard cell) and compared parameter by parameter; lengths are compared sorted
+(a, b, c are labelled differently in different orthorhombic settings, e.g. Pnma vs Pbnm), angles
+likewise. ``within`` is the relative tolerance (paper: within 3 %).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class LatticeComparison:
+    setting: str  # "conventional" | "rhombohedral"
+    relaxed: dict
+    reference: dict
+    max_relative_error: float  # over the compared parameters
+    errors: dict  # parameter -> relative error
+    within: bool
+
+
+def _params(lattice) -> dict:
+    a, b, c = lattice.abc
+    al, be, ga = lattice.angles
+    return {"a": a, "b": b, "c": c, "alpha": al, "beta": be, "gamma": ga}
+
+
+def compare_lattice(structure, reference: dict, which: str, *, tolerance: float = 0.03,
+                    symprec: float = 0.01) -> LatticeComparison:
+    """Relaxed ``structure`` vs the registry lattice ``reference`` (name ``which``)."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    sga = SpacegroupAnalyzer(structure, symprec=symprec)
+    if which.endswith("_rhombohedral"):
+        cell = sga.get_primitive_standard_structure(international_monoclinic=False)
+        p = _params(cell.lattice)
+        relaxed = {"a": sorted([p["a"], p["b"], p["c"]])[1], "alpha": sorted([p["alpha"], p["beta"], p["gamma"]])[1]}
+        ref = {k: float(reference[k]) for k in ("a", "alpha") if k in reference}
+        setting = "rhombohedral"
+    else:
+        cell = sga.get_conventional_standard_structure()
+        p = _params(cell.lattice)
+        lengths = sorted([p["a"], p["b"], p["c"]])
+        angles = sorted([p["alpha"], p["beta"], p["gamma"]])
+        ref_lengths = sorted(float(reference[k]) for k in ("a", "b", "c") if k in reference)
+        ref_angles = sorted(float(reference.get(k, 90.0)) for k in ("alpha", "beta", "gamma"))
+        relaxed = dict(zip(("l1", "l2", "l3"), lengths)) | dict(zip(("ang1", "ang2", "ang3"), angles))
+        ref = dict(zip(("l1", "l2", "l3"), ref_lengths)) | dict(zip(("ang1", "ang2", "ang3"), ref_angles))
+        setting = "conventional"
+    errors = {k: abs(relaxed[k] - ref[k]) / abs(ref[k]) for k in ref if k in relaxed and ref[k]}
+    worst = max(errors.values()) if errors else float("nan")
+    return LatticeComparison(setting, {k: round(v, 4) for k, v in relaxed.items()},
+                             ref, worst, {k: round(v, 4) for k, v in errors.items()},
+                             bool(errors) and worst <= tolerance)

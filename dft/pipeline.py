@@ -1,0 +1,154 @@
+"""The structure stage as plain functions: genes -> trials -> relaxed rows -> energies -> phonons.
+
+Task functions (:func:`relax_task`, :func:`phonon_task`) take and return JSON-serializable dicts so
+that :func:`dft.hpc.run_tasks` can run them in local processes or as Slurm jobs and store each
+result as a file (resume after a kill). Everything that needs the snapshot (MP2020 energies,
+E_f, E_hull, novelty) runs afterwards in the calling process, in :func:`score_relaxations`.
+Nothing here raises for bad physics: each outcome is a row with a verdict and a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+from dft.trials import generate_trials
+
+
+def gene_hash(gene_key: str) -> str:
+    """Short stable id of a gene (file and task names)."""
+    return hashlib.sha1(gene_key.encode()).hexdigest()[:12]
+
+
+def gene_seed(seed: int, gene_key: str) -> int:
+    """Per-gene seed: a gene's trials don't change when other genes join or leave the batch."""
+    return (int(seed) * 1_000_003 + int(hashlib.sha1(gene_key.encode()).hexdigest()[:8], 16)) % (2**31)
+
+
+def lattice_dict(structure) -> dict:
+    a, b, c = structure.lattice.abc
+    al, be, ga = structure.lattice.angles
+    return {"a": round(a, 4), "b": round(b, 4), "c": round(c, 4),
+            "alpha": round(al, 3), "beta": round(be, 3), "gamma": round(ga, 3)}
+
+
+def build_gene_trials(gene: dict, *, seed: int, out_dir: Path, max_attempts: int = 10,
+                      min_distance: float = 0.5) -> list[dict]:
+    """Trials of one gene (dict with formula, space_group, wyckoff JSON, gene_key) -> rows;
+    the CIF of every built trial is written under ``out_dir/<gene hash>/``."""
+    wyckoff = json.loads(gene["wyckoff"]) if isinstance(gene["wyckoff"], str) else gene["wyckoff"]
+    h = gene_hash(gene["gene_key"])
+    rows = []
+    for t in generate_trials(gene["formula"], int(gene["space_group"]), wyckoff,
+                             seed=gene_seed(seed, gene["gene_key"]), max_attempts=max_attempts,
+                             min_distance=min_distance):
+        cif_path = None
+        if t.structure is not None:
+            path = Path(out_dir) / h / f"trial_{t.trial}.cif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            t.structure.to(filename=str(path))
+            cif_path = str(path)
+        rows.append({
+            "formula": gene["formula"], "space_group": int(gene["space_group"]), "wyckoff": gene["wyckoff"]
+            if isinstance(gene["wyckoff"], str) else json.dumps(wyckoff, sort_keys=True),
+            "gene_key": gene["gene_key"], "trial": t.trial, "seed": t.seed, "verdict": t.verdict,
+            "reason": t.reason, "min_distance": t.min_distance, "space_group_built": t.space_group_built,
+            "n_atoms": len(t.structure) if t.structure is not None else None,
+            "seconds": round(t.seconds, 4), "cif_path": cif_path,
+        })
+    return rows
+
+
+def relax_task(payload: dict) -> dict:
+    """Relax one trial CIF (payload: cif_path, relaxer, fmax, max_steps, out_cif) -> result dict."""
+    from pymatgen.core import Structure
+
+    from dft.relax import get_relaxer
+
+    structure = Structure.from_file(payload["cif_path"])
+    relaxer = get_relaxer(payload.get("relaxer", "chgnet"))
+    r = relaxer.relax(structure, fmax=float(payload.get("fmax", 0.05)), max_steps=int(payload.get("max_steps", 500)))
+    out = None
+    if r.structure is not None and payload.get("out_cif"):
+        Path(payload["out_cif"]).parent.mkdir(parents=True, exist_ok=True)
+        r.structure.to(filename=payload["out_cif"])
+        out = payload["out_cif"]
+
+    def num(x):
+        return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+    return {
+        "verdict": r.verdict, "reason": r.reason, "energy": num(r.energy), "energy_per_atom": num(r.energy_per_atom),
+        "max_force": num(r.max_force), "steps": int(r.steps), "converged": bool(r.converged),
+        "sg_before": r.sg_before, "sg_after": r.sg_after, "symmetry_kept": bool(r.symmetry_kept),
+        "seconds": round(r.seconds, 3), "cpu_seconds": round(r.cpu_seconds, 3), "relaxer": r.relaxer,
+        "relaxed_cif": out, "lattice": lattice_dict(r.structure) if r.structure is not None else None,
+        "n_atoms": len(r.structure) if r.structure is not None else None,
+    }
+
+
+def score_relaxations(rows: Iterable[dict], *, references: dict[str, float], hull, novelty) -> list[dict]:
+    """Add MP2020-corrected energy, E_f, E_hull and novelty to relaxed rows (converged or not;
+    rows without a relaxed structure get nulls and keep their verdict)."""
+    from pymatgen.core import Structure
+
+    from dft.energetics import formation_energy_per_atom, mp_compatible_energy
+
+    out = []
+    for row in rows:
+        row = dict(row, corrected_energy=None, formation_energy_per_atom=None, e_above_hull=None,
+                   is_novel=None, matched_material_id=None, energy_note="")
+        if row.get("relaxed_cif") and row.get("energy") is not None and row["verdict"] in ("converged", "not_converged"):
+            try:
+                s = Structure.from_file(row["relaxed_cif"])
+                corr = mp_compatible_energy(s, row["energy"])
+                if corr.ok:
+                    ef = formation_energy_per_atom(s.composition, corr.corrected_energy, references)
+                    row.update(corrected_energy=corr.corrected_energy, formation_energy_per_atom=ef,
+                               e_above_hull=hull.e_above_hull(s.composition, ef))
+                else:
+                    row["energy_note"] = f"mp2020_rejected: {corr.reason}"
+                novel, match = novelty.match(s)
+                row.update(is_novel=bool(novel), matched_material_id=match)
+            except Exception as exc:  # a broken CIF or an element outside the references
+                row["energy_note"] = f"scoring_failed: {type(exc).__name__}: {exc}"
+        out.append(row)
+    return out
+
+
+def best_trial_per_gene(rows: list[dict]) -> dict[str, dict]:
+    """gene_key -> the lowest-energy relaxed trial (converged and symmetry kept preferred)."""
+    best: dict[str, dict] = {}
+
+    def rank(r):
+        good = r["verdict"] == "converged" and r["symmetry_kept"]
+        return (0 if good else 1, r["energy_per_atom"] if r.get("energy_per_atom") is not None else math.inf)
+
+    for r in rows:
+        if r.get("energy_per_atom") is None or r["verdict"] not in ("converged", "not_converged"):
+            continue
+        if r["gene_key"] not in best or rank(r) < rank(best[r["gene_key"]]):
+            best[r["gene_key"]] = r
+    return best
+
+
+def phonon_task(payload: dict) -> dict:
+    """Phonons of one relaxed CIF with the relaxer's potential -> summary dict (+ band PNG file)."""
+    from pymatgen.core import Structure
+
+    from dft.phonons import band_structure_png, phonon_verdict
+    from dft.relax import get_relaxer, limited_threads
+
+    structure = Structure.from_file(payload["cif_path"])
+    with limited_threads(int(payload.get("threads", 1))):
+        calc = get_relaxer(payload.get("relaxer", "chgnet")).calculator()
+        result = phonon_verdict(structure, calc, supercell_min_length=float(payload.get("supercell_min_length", 10.0)))
+    summary = result.summary()
+    if payload.get("png") and result.band_frequencies:
+        Path(payload["png"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(payload["png"]).write_bytes(band_structure_png(result, payload.get("title", "")))
+        summary["band_png"] = payload["png"]
+    return summary

@@ -1,0 +1,147 @@
+"""trial_structures -> relaxed_structures -> phonon_verdicts -> loo_report for one LOO partition
+(cubic CsPbI3, held out) through the real Dagster instance, CHGNet and phonopy."""
+
+import json
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+from pymatgen.core import Structure
+
+from ml.genes import gene_key, wyckoff_json
+from tests.test_pvae_dagster import training_snapshot  # noqa: F401  (module fixture)
+
+KEY = "CsPbI3-221"
+HELD_OUT = {"Cs": ["1b"], "Pb": ["1a"], "I": ["3d"]}  # the registry's equivalent configuration
+
+
+@pytest.fixture(scope="module")
+def structure_run(tmp_path_factory, training_snapshot):  # noqa: F811
+    """The whole chain once; filtered_genes' passed rows are then set by hand (a 1-epoch PVAE
+    is not the point here): the held-out gene and a gene PyXtal cannot build."""
+    mp = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("structures")
+    (home / "dagster_home").mkdir()
+    from pathlib import Path
+
+    (home / "dagster_home" / "dagster.yaml").write_text((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    mp.setenv("WYCRYST_HOME", str(home))
+    mp.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    mp.setenv("WYCRYST_SNAPSHOT", str(training_snapshot))
+    mp.delenv("MP_API_KEY", raising=False)
+
+    from wycryst_assets.assets.genes import wyckoff_genes
+    from wycryst_assets.assets.pvae import TrainingDevice, pvae_model
+    from wycryst_assets.assets.report import loo_report
+    from wycryst_assets.assets.sampling import filtered_genes, sampled_genes, synthesizability_model
+    from wycryst_assets.assets.snapshot import mp_snapshot
+    from wycryst_assets.assets.structures import phonon_verdicts, relaxed_structures, trial_structures
+    from wycryst_assets.partitions import sync_target_partitions
+    from wycryst_assets.resources import ComputeResource, warehouse_resource
+
+    resources = {"warehouse": warehouse_resource(), "training_device": TrainingDevice(accelerator="cpu", devices="1"),
+                 "compute": ComputeResource(max_workers=1, chunk_size=4)}
+    out = {"home": home}
+    with dg.DagsterInstance.get() as instance:
+        sync_target_partitions(instance)
+
+        def run(assets, partition=None, config=None):
+            return dg.materialize(assets, instance=instance, resources=resources, partition_key=partition,
+                                  run_config={"ops": config or {}}, selection=assets, raise_on_error=False)
+
+        assert run([mp_snapshot, wyckoff_genes], config={"wyckoff_genes": {"config": {"processes": 1}}}).success
+        assert run([synthesizability_model]).success
+        run([pvae_model], KEY, {"pvae_model": {"config": {"max_epochs": 1, "latent_dim": 16, "batch_size": 64}}})
+        assert run([sampled_genes], KEY, {"sampled_genes": {"config": {"samples_per_origin": 20}}}).success
+        assert run([filtered_genes], KEY).success
+        con = duckdb.connect(str(home / "warehouse.duckdb"))
+        con.execute("UPDATE filtered_genes SET passed = false WHERE target = ?", [KEY])
+        impossible = {"Cs": ["1a"], "Pb": ["1a"], "I": ["3c"]}  # 1a (DoF 0) occupied twice
+        for formula, wyck, key in (("CsPbI3", HELD_OUT, gene_key("CsPbI3", 221, HELD_OUT)),
+                                   ("CsPbI3", impossible, "CsPbI3|221|impossible")):
+            con.execute("DELETE FROM filtered_genes WHERE target = ? AND gene_key = ?", [KEY, key])
+            con.execute("INSERT INTO filtered_genes (target, formula, space_group, wyckoff, gene_key, hits, passed) "
+                        "VALUES (?, ?, 221, ?, ?, 1000000, true)", [KEY, formula, wyckoff_json(wyck), key])
+        con.close()
+        out["trials"] = run([trial_structures], KEY)
+        out["relaxed"] = run([relaxed_structures], KEY, {"relaxed_structures": {"config": {"max_steps": 200}}})
+        out["relaxed_again"] = run([relaxed_structures], KEY, {"relaxed_structures": {"config": {"max_steps": 200}}})
+        out["phonons"] = run([phonon_verdicts], KEY, {"phonon_verdicts": {"config": {
+            "supercell_min_length": 6.0, "max_e_above_hull": -1.0}}})
+        out["report"] = run([loo_report], KEY)
+    mp.undo()
+    return out
+
+
+def _table(home, sql):
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        return pl.from_arrow(con.execute(sql, [KEY]).fetch_arrow_table())
+    finally:
+        con.close()
+
+
+def test_trials_are_built_and_an_impossible_gene_is_a_verdict(structure_run):
+    assert structure_run["trials"].success
+    trials = _table(structure_run["home"], "SELECT * FROM trial_structures WHERE target = ?")
+    held = trials.filter(pl.col("gene_key") == gene_key("CsPbI3", 221, HELD_OUT))
+    assert held.height == 1 and held["verdict"][0] == "ok"  # DoF 0 -> one trial
+    s = Structure.from_file(held["cif_path"][0])
+    assert s.composition.reduced_formula == "CsPbI3" and len(s) == 5 and held["min_distance"][0] > 0.5
+    bad = trials.filter(pl.col("gene_key") == "CsPbI3|221|impossible")
+    assert bad.height == 1 and bad["verdict"][0] == "invalid_gene" and bad["reason"][0]
+
+
+def test_relaxation_keeps_the_space_group_and_scores_energies(structure_run):
+    assert structure_run["relaxed"].success
+    rows = _table(structure_run["home"], "SELECT * FROM relaxed_structures WHERE target = ?")
+    assert rows.height == 1  # only the buildable trial is relaxed
+    r = rows.row(0, named=True)
+    assert r["verdict"] == "converged" and r["sg_before"] == 221 and r["sg_after"] == 221 and r["symmetry_kept"]
+    assert r["best_trial"] and r["relaxer"] == "chgnet"
+    # independent: E_f from the corrected energy and MP's references for Cs, Pb, I
+    from pymatgen.entries.computed_entries import ComputedEntry
+    from monty.serialization import loadfn
+
+    from wycryst_assets.settings import elemental_references
+
+    refs = {}
+    data = loadfn(str(elemental_references()))
+    for e in (data.values() if isinstance(data, dict) else data):
+        e = e if isinstance(e, ComputedEntry) else ComputedEntry.from_dict(e)
+        el = e.composition.elements[0].symbol
+        refs[el] = min(refs.get(el, 0.0), e.energy_per_atom)
+    expected = (r["corrected_energy"] - refs["Cs"] - refs["Pb"] - 3 * refs["I"]) / 5
+    assert r["formation_energy_per_atom"] == pytest.approx(expected, abs=1e-6)
+    assert -2.0 < r["formation_energy_per_atom"] < 0.0 and r["e_above_hull"] is not None
+    # mp-1069538 (cubic CsPbI3) is held out: novel against the partition's reference
+    assert r["is_novel"] is True and r["matched_material_id"] is None
+    again = structure_run["relaxed_again"]
+    assert again.success
+    rows2 = _table(structure_run["home"], "SELECT * FROM relaxed_structures WHERE target = ?")
+    assert rows2.height == 1 and rows2["energy"][0] == pytest.approx(r["energy"])  # idempotent, resumed
+
+
+def test_phonons_run_on_the_relaxed_cell(structure_run):
+    assert structure_run["phonons"].success
+    rows = _table(structure_run["home"], "SELECT * FROM phonon_verdicts WHERE target = ?")
+    assert rows.height == 1
+    r = rows.row(0, named=True)
+    assert r["verdict"] in ("stable", "unstable") and r["min_frequency_thz"] is not None
+    assert json.loads(r["supercell"]) and r["n_displacements"] >= 1
+    meta = structure_run["phonons"].asset_materializations_for_node("phonon_verdicts")[0].metadata
+    assert "data:image/png;base64," in meta["band_structures"].value
+
+
+def test_loo_report_compares_the_lattice_with_the_registry(structure_run):
+    assert structure_run["report"].success
+    rep = _table(structure_run["home"], "SELECT * FROM loo_report WHERE target = ?").row(0, named=True)
+    assert rep["sampled"] and rep["passed"] and rep["relaxed"] and rep["sg_kept"]
+    relaxed = _table(structure_run["home"], "SELECT relaxed_cif FROM relaxed_structures WHERE target = ?")
+    a = Structure.from_file(relaxed["relaxed_cif"][0]).lattice.a  # cubic: the cell is the conventional cell
+    assert rep["lattice_max_error"] == pytest.approx(abs(a - 6.36) / 6.36, abs=1e-3)
+    assert rep["lattice_within_tolerance"] == (abs(a - 6.36) / 6.36 <= 0.03)
+    assert rep["recovered"] == (rep["lattice_within_tolerance"] and rep["sg_kept"])  # polymorph: no GS rank
+    meta = structure_run["report"].asset_materializations_for_node("loo_report")[0].metadata
+    assert "leave-one-out partitions recovered" in meta["summary"].value
