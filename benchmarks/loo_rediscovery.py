@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--origin-scope", default="stoichiometry", choices=["stoichiometry", "formula"])
     ap.add_argument("--max-latent-points", type=int, default=2_000_000)
     ap.add_argument("--max-epochs", type=int, default=30)
+    ap.add_argument("--structures", action="store_true",
+                    help="also trial_structures -> relaxed_structures -> loo_report (CHGNet)")
+    ap.add_argument("--max-genes", type=int, default=30, help="trial_structures: genes per partition")
     args = ap.parse_args()
     home = Path(args.home)
     os.environ["WYCRYST_HOME"] = str(home)
@@ -54,9 +57,11 @@ def main() -> None:
     from wycryst_assets.assets.sampling import filtered_genes, sampled_genes, synthesizability_model
     from wycryst_assets.assets.snapshot import mp_snapshot
     from wycryst_assets.partitions import sync_target_partitions
-    from wycryst_assets.resources import warehouse_resource
+    from wycryst_assets.assets.report import loo_report
+    from wycryst_assets.assets.structures import relaxed_structures, trial_structures
+    from wycryst_assets.resources import compute_resource, warehouse_resource
 
-    resources = {"warehouse": warehouse_resource(), "training_device": TrainingDevice()}
+    resources = {"warehouse": warehouse_resource(), "training_device": TrainingDevice(), "compute": compute_resource()}
     rows = []
     with dg.DagsterInstance.get() as instance:
         sync_target_partitions(instance)
@@ -96,6 +101,22 @@ def main() -> None:
                 "reasons": fm["held_out_gene_reasons"].value, "train s": round(train_s),
                 "sample s": round(sample_s), "filter s": round(filter_s),
             }
+            if args.structures:
+                res, trial_s = run([trial_structures], key, {"trial_structures": {"config": {"max_genes": args.max_genes}}})
+                tm = res.asset_materializations_for_node("trial_structures")[0].metadata
+                res, relax_s = run([relaxed_structures], key)
+                rm = res.asset_materializations_for_node("relaxed_structures")[0].metadata
+                res, _ = run([loo_report], key)
+                lm = res.asset_materializations_for_node("loo_report")[0].metadata
+                part = lm["this_partition"].value
+                row.update({
+                    "trials": tm["trials_ok"].value, "s/trial": tm["seconds_per_trial"].value,
+                    "relaxed": rm["converged"].value, "sym kept": rm["symmetry_kept_rate"].value,
+                    "core-s/relax": rm["core_seconds_per_relaxation"].value, "relax s": round(relax_s),
+                    "lattice err": round(part.get("lattice_max_error", float("nan")), 4),
+                    "GS rank": part.get("ground_state_rank"), "recovered": lm["recovered"].value,
+                    "why not": lm["why_not"].value,
+                })
             rows.append(row)
             print(row, flush=True)
     cols = list(rows[0])
@@ -105,6 +126,9 @@ def main() -> None:
     sampled_n = sum(bool(r["sampled"]) for r in rows)
     passed_n = sum(bool(r["target passed"]) for r in rows)
     print(f"\nheld-out gene sampled in {sampled_n}/{len(rows)}, sampled and passed in {passed_n}/{len(rows)}")
+    if args.structures:
+        print(f"recovered (relaxed, SG kept, lattice within 3 %, GS rank 1): "
+              f"{sum(bool(r['recovered']) for r in rows)}/{len(rows)}")
 
 
 if __name__ == "__main__":

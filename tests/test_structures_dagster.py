@@ -10,9 +10,11 @@ import pytest
 from pymatgen.core import Structure
 
 from ml.genes import gene_key, wyckoff_json
+from tests.conftest import SHARED_DATA
 from tests.test_pvae_dagster import training_snapshot  # noqa: F401  (module fixture)
 
 KEY = "CsPbI3-221"
+CAMPAIGN = "campaign-tiny"
 HELD_OUT = {"Cs": ["1b"], "Pb": ["1a"], "I": ["3d"]}  # the registry's equivalent configuration
 
 
@@ -30,7 +32,13 @@ def structure_run(tmp_path_factory, training_snapshot):  # noqa: F811
     mp.setenv("DAGSTER_HOME", str(home / "dagster_home"))
     mp.setenv("WYCRYST_SNAPSHOT", str(training_snapshot))
     mp.delenv("MP_API_KEY", raising=False)
+    registry = json.loads((SHARED_DATA / "targets.json").read_text())
+    registry["targets"].append({"partition": CAMPAIGN, "task": "campaign", "elements": ["Cs", "I", "Pb"],
+                                "selection": {"max_atoms_per_cell": 50, "max_total_dof": 5}})
+    (home / "targets.json").write_text(json.dumps(registry))
+    mp.setenv("WYCRYST_TARGETS", str(home / "targets.json"))
 
+    from wycryst_assets.assets.campaign import sun_report
     from wycryst_assets.assets.genes import wyckoff_genes
     from wycryst_assets.assets.pvae import TrainingDevice, pvae_model
     from wycryst_assets.assets.report import loo_report
@@ -70,6 +78,21 @@ def structure_run(tmp_path_factory, training_snapshot):  # noqa: F811
         out["phonons"] = run([phonon_verdicts], KEY, {"phonon_verdicts": {"config": {
             "supercell_min_length": 6.0, "max_e_above_hull": -1.0}}})
         out["report"] = run([loo_report], KEY)
+        # a tiny campaign over Cs-Pb-I: every stage through the S.U.N. report
+        run([pvae_model], CAMPAIGN, {"pvae_model": {"config": {"max_epochs": 1, "latent_dim": 16, "batch_size": 64}}})
+        stages = {
+            "sampled_genes": {"samples_per_origin": 200},
+            "filtered_genes": {"min_synthesizability": 0.0, "max_predicted_formation_energy": 10.0},
+            "trial_structures": {"max_genes": 2},
+            "relaxed_structures": {"max_steps": 60},
+            "phonon_verdicts": {"supercell_min_length": 6.0, "max_e_above_hull": -1.0, "max_structures": 1},
+            "sun_report": {"max_e_above_hull": 10.0},
+        }
+        from wycryst_assets.assets.sampling import sampled_genes as sg_asset
+
+        assets = {"sampled_genes": sg_asset, "filtered_genes": filtered_genes, "trial_structures": trial_structures,
+                  "relaxed_structures": relaxed_structures, "phonon_verdicts": phonon_verdicts, "sun_report": sun_report}
+        out["campaign"] = {name: run([assets[name]], CAMPAIGN, {name: {"config": cfg}}) for name, cfg in stages.items()}
     mp.undo()
     return out
 
@@ -145,3 +168,25 @@ def test_loo_report_compares_the_lattice_with_the_registry(structure_run):
     assert rep["recovered"] == (rep["lattice_within_tolerance"] and rep["sg_kept"])  # polymorph: no GS rank
     meta = structure_run["report"].asset_materializations_for_node("loo_report")[0].metadata
     assert "leave-one-out partitions recovered" in meta["summary"].value
+
+
+def test_tiny_campaign_reaches_the_sun_report(structure_run):
+    runs = structure_run["campaign"]
+    assert all(r.success for r in runs.values()), {k: r.success for k, r in runs.items()}
+    home = structure_run["home"]
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    sampled = con.execute("SELECT formula FROM sampled_genes WHERE target = ?", [CAMPAIGN]).fetchall()
+    passed = con.execute("SELECT count(*) FROM filtered_genes WHERE target = ? AND passed", [CAMPAIGN]).fetchone()[0]
+    sun = con.execute("SELECT * FROM sun_candidates WHERE target = ?", [CAMPAIGN]).fetchall()
+    con.close()
+    from pymatgen.core import Composition
+
+    # element-constrained decoding: every sampled gene is made of the campaign's elements
+    assert sampled and all({str(e) for e in Composition(f).elements} <= {"Cs", "I", "Pb"} for (f,) in sampled if f)
+    meta = runs["sun_report"].asset_materializations_for_node("sun_report")[0].metadata
+    table = meta["funnel"].value
+    assert "| sampled genes | " + str(len(sampled)) + " |" in table and f"| passed filters | {passed} |" in table
+    csv = pl.read_csv(home / "artifacts" / "sun_report" / CAMPAIGN / "sun_candidates.csv")
+    assert csv.height == len(sun) == meta["candidates"].value
+    for path in csv["cif"].to_list() if csv.height else []:
+        assert Structure.from_file(path).composition.reduced_formula in csv["formula"].to_list()

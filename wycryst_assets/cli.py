@@ -18,6 +18,7 @@ MAIN_PARTITION = "SrTiO3-221"
 MAIN_STAGES = (
     ("mp_snapshot,wyckoff_genes,synthesizability_model", False),
     ("pvae_model,sampled_genes,filtered_genes", True),
+    ("trial_structures,relaxed_structures,phonon_verdicts,loo_report", True),
 )
 # The main job samples 500 perturbations per origin (the asset's default is 5,000): a quick
 # look at a partition in minutes; rerun sampled_genes from the UI for the full sampling.
@@ -86,12 +87,35 @@ def run_main(select: str | None, partition: str | None) -> None:
         result = subprocess.run(cmd, env=env, cwd=settings.REPO_ROOT)
         if result.returncode != 0:
             raise SystemExit(result.returncode)
+    if not select:
+        _print_report(partition or MAIN_PARTITION)
     click.echo(
         "\nDone in {m:.1f} min. Warehouse: {w}\nOpen the UI with:\n  DAGSTER_HOME={d} WYCRYST_HOME={h} "
         ".venv/bin/dagster dev -m wycryst_assets -h 127.0.0.1 -p 3000\nthen browse http://127.0.0.1:3000".format(
             m=(time.perf_counter() - start) / 60, w=settings.warehouse_path(), d=dagster_home, h=settings.wycryst_home()
         )
     )
+
+
+def _print_report(key: str) -> None:
+    """The partition's loo_report row, as the user's "did it work" line."""
+    import duckdb
+
+    con = duckdb.connect(str(settings.warehouse_path()), read_only=True)
+    try:
+        row = con.execute("SELECT * FROM loo_report WHERE target = ?", [key]).fetchone()
+        cols = [d[0] for d in con.description]
+    except duckdb.Error:
+        row = None
+    finally:
+        con.close()
+    if row is None:
+        click.echo(f"no loo_report row for {key}")
+        return
+    rep = dict(zip(cols, row))
+    click.echo(f"\n{key}: recovered={rep['recovered']} (sampled={rep['sampled']}, passed={rep['passed']}, "
+               f"relaxed={rep['relaxed']}, SG kept={rep['sg_kept']}, lattice error={rep['lattice_max_error']}, "
+               f"relaxed lattice={rep['relaxed_lattice']}){'' if rep['recovered'] else ' why not: ' + rep['why_not']}")
 
 
 @main.group()
