@@ -1,0 +1,34 @@
+"""Task functions for tests/test_hpc_slurm.py. They live in a module of their own because Slurm
+jobs unpickle them by reference: dft.hpc puts this folder on the job's PYTHONPATH."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+
+def record_call(payload: dict) -> dict:
+    """Leave a marker file per call in ``calls_dir`` (so tests can count runs), optionally sleep,
+    crash the whole process once (``crash_once``: a marker path created before dying), or raise."""
+    calls = Path(payload["calls_dir"])
+    calls.mkdir(parents=True, exist_ok=True)
+    (calls / f"{payload['name']}.{uuid.uuid4().hex}").touch()
+    time.sleep(payload.get("sleep", 0))
+    crash_marker = payload.get("crash_once")
+    if crash_marker and not Path(crash_marker).exists():
+        Path(crash_marker).touch()
+        os._exit(1)
+    if payload.get("raise"):
+        raise ValueError(f"bad payload {payload['name']}")
+    return {"verdict": "ok", "square": payload["value"] ** 2, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "omp_threads": os.environ.get("OMP_NUM_THREADS")}
+
+
+def calls_per_name(calls_dir: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for marker in Path(calls_dir).glob("*.*"):
+        name = marker.name.rsplit(".", 1)[0]
+        counts[name] = counts.get(name, 0) + 1
+    return counts
