@@ -29,3 +29,27 @@ def test_new_release_triggers_refresh(wycryst_env, small_snapshot, tmp_path, mon
         assert isinstance(request, dg.RunRequest)
         assert request.run_key == "mp-release-test-release-2"
         assert request.tags["wycryst/previous_database_version"] == "test-release-1"
+
+
+def test_successful_refresh_reruns_every_target_partition(wycryst_env, small_snapshot, monkeypatch):
+    from wycryst_assets.definitions import defs
+    from wycryst_assets.partitions import sync_target_partitions
+    from wycryst_assets.sensors import rerun_targets_on_release
+
+    monkeypatch.setenv("WYCRYST_SNAPSHOT", str(small_snapshot))
+    job = defs.get_job_def("release_refresh")
+    with dg.DagsterInstance.get() as instance:
+        sync_target_partitions(instance)
+        keys = sorted(instance.get_dynamic_partitions("targets"))
+        assert "SrTiO3-221" in keys and "campaign-paper" in keys
+        result = job.execute_in_process(instance=instance, tags={"wycryst/database_version": "test-release-1"},
+                                        run_config={"ops": {"wyckoff_genes": {"config": {"processes": 1}}}})
+        assert result.success
+        run = instance.get_run_by_id(result.run_id)
+        success = next(e for e in result.all_events if e.event_type_value == "PIPELINE_SUCCESS")
+        context = dg.build_run_status_sensor_context(sensor_name="rerun_targets_on_release", dagster_instance=instance,
+                                                     dagster_run=run, dagster_event=success)
+        requests = rerun_targets_on_release(context)
+    assert sorted(r.partition_key for r in requests) == sorted(keys)
+    assert {r.run_key for r in requests} == {f"release-test-release-1-{k}" for k in keys}
+    assert all(r.tags["wycryst/database_version"] == "test-release-1" for r in requests)

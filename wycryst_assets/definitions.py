@@ -12,7 +12,14 @@ from wycryst_assets.assets.snapshot import mp_snapshot
 from wycryst_assets.assets.structures import phonon_verdicts, relaxed_structures, trial_structures
 from wycryst_assets.checks import every_material_accounted_for, space_groups_agree_with_mp
 from wycryst_assets.resources import compute_resource, warehouse_resource
-from wycryst_assets.sensors import mp_release_sensor, release_refresh_job, target_registry_sync, weekly_release_check
+from wycryst_assets.sensors import (
+    mp_release_sensor,
+    release_refresh_job,
+    rerun_targets_on_release,
+    target_pipeline_job,
+    target_registry_sync,
+    weekly_release_check,
+)
 
 foundation_job = dg.define_asset_job(
     "foundation", selection=dg.AssetSelection.assets(mp_snapshot, wyckoff_genes),
@@ -23,8 +30,8 @@ defs = dg.Definitions(
     assets=[mp_snapshot, wyckoff_genes, synthesizability_model, forward_model, pvae_model, sampled_genes, filtered_genes,
             trial_structures, relaxed_structures, phonon_verdicts, loo_report, sun_report],
     asset_checks=[every_material_accounted_for, space_groups_agree_with_mp],
-    jobs=[foundation_job, release_refresh_job],
-    sensors=[target_registry_sync, mp_release_sensor],
+    jobs=[foundation_job, release_refresh_job, target_pipeline_job],
+    sensors=[target_registry_sync, mp_release_sensor, rerun_targets_on_release],
     schedules=[weekly_release_check],
     resources={"warehouse": warehouse_resource(), "training_device": TrainingDevice(),
                "compute": compute_resource()},

@@ -74,3 +74,35 @@ def mp_release_sensor(context: dg.SensorEvaluationContext):
              description="Weekly (Monday 04:00) check for a new MP release, as the sensor does.")
 def weekly_release_check(context: dg.ScheduleEvaluationContext):
     return release_run_request(context.instance)
+
+
+PARTITIONED_ASSETS = ("pvae_model", "sampled_genes", "filtered_genes", "trial_structures", "relaxed_structures",
+                      "phonon_verdicts", "loo_report", "sun_report")
+
+target_pipeline_job = dg.define_asset_job(
+    "target_pipeline",
+    selection=dg.AssetSelection.assets(*PARTITIONED_ASSETS),
+    partitions_def=targets_partitions,
+    description="One target partition from its PVAE to its reports (what a new release reruns).",
+)
+
+
+def partition_rerun_requests(instance: dg.DagsterInstance, release_run: dg.DagsterRun) -> list[dg.RunRequest]:
+    """After a successful release refresh: one target_pipeline run per registered target partition,
+    tagged with the release, keyed so that a release reruns each partition once."""
+    version = release_run.tags.get("wycryst/database_version") or materialized_database_version(instance) or "unknown"
+    keys = sorted(instance.get_dynamic_partitions(targets_partitions.name))
+    return [dg.RunRequest(run_key=f"release-{version}-{key}", partition_key=key,
+                          tags={"wycryst/database_version": version, "wycryst/trigger": "mp_release"})
+            for key in keys]
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[release_refresh_job],
+    request_job=target_pipeline_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="When release_refresh succeeds, rerun every target partition (PVAE -> reports) on the new release.",
+)
+def rerun_targets_on_release(context: dg.RunStatusSensorContext):
+    return partition_rerun_requests(context.instance, context.dagster_run)
