@@ -1,0 +1,40 @@
+"""LOO lattice match against the registry's lattice in a common cell setting."""
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from dft.matching import compare_lattice
+
+
+def _chalcopyrite(a: float, c: float) -> Structure:
+    from pyxtal import pyxtal
+
+    x = pyxtal()
+    x.from_random(3, 122, ["Cu", "In", "S"], [4, 4, 8], sites=[["4a"], ["4b"], ["8d"]],
+                  lattice=__import__("pyxtal.lattice", fromlist=["Lattice"]).Lattice.from_para(a, a, c, 90, 90, 90, ltype="tetragonal"),
+                  random_state=1)
+    return x.to_pymatgen()
+
+
+def test_tetragonal_shorthand_compares_a_with_a_and_c_with_c():
+    s = _chalcopyrite(5.60, 11.20)
+    cmp = compare_lattice(s, {"a": 5.52, "c": 11.13}, "lattice_experimental")
+    assert cmp.errors["l1"] == pytest.approx((5.60 - 5.52) / 5.52, abs=2e-3)
+    assert cmp.errors["l3"] == pytest.approx((11.20 - 11.13) / 11.13, abs=2e-3)
+    assert cmp.within
+    off = compare_lattice(_chalcopyrite(5.69, 10.73), {"a": 5.52, "c": 11.13}, "lattice_experimental")
+    assert not off.within and off.max_relative_error == pytest.approx(0.40 / 11.13, abs=2e-3)
+
+
+def test_cubic_and_rhombohedral_settings():
+    cubic = Structure(Lattice.cubic(6.40), ["Cs", "Pb", "I", "I", "I"],
+                      [[0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]])
+    cmp = compare_lattice(cubic, {"a": 6.36}, "lattice_published_dft")
+    assert cmp.within and cmp.max_relative_error == pytest.approx(0.04 / 6.36, abs=1e-4)
+    # a rhombohedral cell given in its primitive setting: a and alpha compared there
+    rhombo = Structure(Lattice.from_parameters(4.05, 4.05, 4.05, 89.6, 89.6, 89.6),
+                       ["Ba", "Ti", "O", "O", "O"],
+                       [[0, 0, 0], [0.51, 0.51, 0.51], [0.5, 0.5, 0.02], [0.5, 0.02, 0.5], [0.02, 0.5, 0.5]])
+    r = compare_lattice(rhombo, {"a": 4.0, "alpha": 89.8}, "lattice_experimental_rhombohedral")
+    assert r.setting == "rhombohedral"
+    assert r.errors["a"] == pytest.approx(0.05 / 4.0, abs=1e-3) and r.errors["alpha"] == pytest.approx(0.2 / 89.8, abs=1e-3)
