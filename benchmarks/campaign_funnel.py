@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--reuse-model", action="store_true")
     ap.add_argument("--max-e-above-hull", type=float, default=0.1)
+    ap.add_argument("--from-stage", default="pvae_model", help="skip the stages before this one (already materialized)")
     args = ap.parse_args()
     home = Path(args.home)
     os.environ["WYCRYST_HOME"] = str(home)
@@ -61,7 +62,8 @@ def main() -> None:
             for name in ("mp_snapshot", "wyckoff_genes", "synthesizability_model"):
                 assert dg.materialize([graph[name]], instance=instance, resources=resources).success
         metas = {}
-        for name, cfg in stages:
+        names = [n for n, _ in stages]
+        for name, cfg in stages[names.index(args.from_stage):]:
             if name == "pvae_model" and args.reuse_model and (model_dir(KEY) / "model.json").exists():
                 continue
             t = time.perf_counter()
