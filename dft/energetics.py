@@ -27,9 +27,11 @@ from pymatgen.core import Composition, Element, Structure
 
 SCHEME_NOTE = """\
 Energies on the Materials Project scale (as matbench-discovery computes them).
-- Total energies come from an MLIP trained on MP (GGA/GGA+U) energies, e.g. CHGNet, so they
-  mimic *uncorrected* MP VASP energies; they inherit the model's error (tens of meV/atom).
-- MaterialsProject2020Compatibility is applied to a ComputedStructureEntry that claims MP's
+- Total energies come from an MLIP trained on MP (GGA/GGA+U) energies; they inherit the model's
+  error (tens of meV/atom). CHGNet 0.3.0 is fitted to MP2020-*corrected* MPtrj energies, so its
+  energies are used as they are (correcting again put CaTiO3 0.41 eV/atom below MP); models fitted
+  to raw energies (SevenNet-0) are corrected as below (see dft.pipeline.ENERGY_SCALE).
+- MaterialsProject2020Compatibility is applied to raw energies to a ComputedStructureEntry that claims MP's
   MPRelaxSet settings: run_type GGA+U with MP's U values (Co 3.32, Cr 3.7, Fe 5.3, Mn 3.9,
   Mo 4.38, Ni 6.2, V 3.25, W 6.2 eV) when O or F is the most electronegative element and such a
   metal is present, GGA otherwise; PBE POTCAR symbols of MPRelaxSet. The scheme adds anion

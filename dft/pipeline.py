@@ -90,9 +90,18 @@ def relax_task(payload: dict) -> dict:
     }
 
 
+# Which energies a relaxer returns. CHGNet 0.3.0 is fitted to MPtrj energies with MP2020
+# corrections already applied: correcting again lowers an oxide by its anion correction (measured
+# here: CaTiO3 perovskites came out 0.41 eV/atom below MP's -3.54 eV/atom, exactly 3 x 0.687 / 5).
+# SevenNet-0 is fitted to the raw (uncorrected) MPtrj energies, which MP2020 then corrects.
+ENERGY_SCALE = {"chgnet": "mp2020_corrected", "sevennet": "mp_raw"}
+
+
 def score_relaxations(rows: Iterable[dict], *, references: dict[str, float], hull, novelty) -> list[dict]:
-    """Add MP2020-corrected energy, E_f, E_hull and novelty to relaxed rows (converged or not;
-    rows without a relaxed structure get nulls and keep their verdict)."""
+    """Add MP2020-compatible energy, E_f, E_hull and novelty to relaxed rows (converged or not;
+    rows without a relaxed structure get nulls and keep their verdict). Raw MP-like energies
+    (``ENERGY_SCALE`` "mp_raw") go through ``MaterialsProject2020Compatibility``; energies already
+    on the corrected scale are used as they are."""
     from pymatgen.core import Structure
 
     from dft.energetics import formation_energy_per_atom, mp_compatible_energy
@@ -104,13 +113,18 @@ def score_relaxations(rows: Iterable[dict], *, references: dict[str, float], hul
         if row.get("relaxed_cif") and row.get("energy") is not None and row["verdict"] in ("converged", "not_converged"):
             try:
                 s = Structure.from_file(row["relaxed_cif"])
-                corr = mp_compatible_energy(s, row["energy"])
-                if corr.ok:
-                    ef = formation_energy_per_atom(s.composition, corr.corrected_energy, references)
-                    row.update(corrected_energy=corr.corrected_energy, formation_energy_per_atom=ef,
-                               e_above_hull=hull.e_above_hull(s.composition, ef))
+                scale = ENERGY_SCALE.get(str(row.get("relaxer")), "mp_raw")
+                if scale == "mp2020_corrected":
+                    corrected, note = row["energy"], "model energy already MP2020-corrected"
                 else:
-                    row["energy_note"] = f"mp2020_rejected: {corr.reason}"
+                    corr = mp_compatible_energy(s, row["energy"])
+                    corrected = corr.corrected_energy if corr.ok else None
+                    note = "MP2020 applied" if corr.ok else f"mp2020_rejected: {corr.reason}"
+                row["energy_note"] = note
+                if corrected is not None:
+                    ef = formation_energy_per_atom(s.composition, corrected, references)
+                    row.update(corrected_energy=corrected, formation_energy_per_atom=ef,
+                               e_above_hull=hull.e_above_hull(s.composition, ef))
                 novel, match = novelty.match(s)
                 row.update(is_novel=bool(novel), matched_material_id=match)
             except Exception as exc:  # a broken CIF or an element outside the references
