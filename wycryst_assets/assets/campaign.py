@@ -46,6 +46,8 @@ def sun_report(context: dg.AssetExecutionContext, config: SunReportConfig, wareh
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Structure
 
+    from dft.pipeline import gene_hash
+
     key = context.partition_key
     target = current_registry().get(key)
     thr = config.max_e_above_hull
@@ -85,8 +87,7 @@ def sun_report(context: dg.AssetExecutionContext, config: SunReportConfig, wareh
     (out_dir / "cif").mkdir(parents=True)
     rows = []
     for r in listed.iter_rows(named=True):
-        cif = out_dir / "cif" / f"{r['formula']}_{r['space_group']}_{r['gene_key'][-12:].replace('|', '_')}.cif"
-        cif = cif.with_name("".join(c if c.isalnum() or c in "._-" else "_" for c in cif.name))
+        cif = out_dir / "cif" / f"{r['formula']}_SG{r['space_group']}_{gene_hash(r['gene_key'])}.cif"
         shutil.copyfile(r["relaxed_cif"], cif)
         rows.append({**{k: r.get(k) for k in SUN_SCHEMA}, "target": key, "cif": str(cif)})
     df = pl.DataFrame(rows, schema=SUN_SCHEMA, orient="row") if rows else pl.DataFrame(schema=SUN_SCHEMA)
