@@ -14,3 +14,9 @@ def markdown_table(rows: list[dict]) -> str:
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(out)
+
+
+def rounded_rows(rows: list[dict], digits: int = 3, drop: tuple[str, ...] = ()) -> list[dict]:
+    """Rows for a metadata table: floats rounded, ``drop`` columns left out."""
+    return [{k: (round(v, digits) if isinstance(v, float) else v) for k, v in r.items() if k not in drop}
+            for r in rows]

@@ -11,7 +11,7 @@ from dagster_duckdb import DuckDBResource
 from wycryst_assets import settings
 from wycryst_assets.assets.structures import phonon_verdicts
 from wycryst_assets.partitions import current_registry, targets_partitions
-from wycryst_assets.plots import bar_chart_markdown, markdown_table
+from wycryst_assets.plots import bar_chart_markdown, markdown_table, rounded_rows
 from wycryst_assets.warehouse import read_table, replace_partition
 
 SUN_SCHEMA = {
@@ -102,9 +102,7 @@ def sun_report(context: dg.AssetExecutionContext, config: SunReportConfig, wareh
                                       bar_chart_markdown([s for s, _ in funnel], [n for _, n in funnel],
                                                          title=f"{key}: discovery funnel", xlabel="stage",
                                                          ylabel="count")),
-        "candidates_table": dg.MetadataValue.md(markdown_table([
-            {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k not in ("target", "gene_key")}
-            for r in df.to_dicts()])),
+        "candidates_table": dg.MetadataValue.md(markdown_table(rounded_rows(df.to_dicts(), drop=("target", "gene_key")))),
         "csv": dg.MetadataValue.path(str(out_dir / "sun_candidates.csv")),
     }
     paper = target.raw.get("published_phonon_stable") or []

@@ -10,7 +10,7 @@ from wycryst_assets import settings
 from wycryst_assets.assets.genes import wyckoff_genes
 from wycryst_assets.assets.pvae import model_dir, pvae_model
 from wycryst_assets.partitions import current_registry, targets_partitions
-from wycryst_assets.plots import bar_chart_markdown, markdown_table
+from wycryst_assets.plots import bar_chart_markdown, markdown_table, rounded_rows
 from wycryst_assets.warehouse import read_table, replace_partition
 
 
@@ -113,8 +113,7 @@ def sampled_genes(context: dg.AssetExecutionContext, config: SampledGenesConfig,
             "element_constraint": ", ".join(allowed) if allowed else "none (all 94 elements)",
             "held_out_gene_sampled": bool(hit.height) if held_out else "n/a (campaign)",
             "held_out_gene_hits": int(hit["hits"].sum()) if hit.height else 0,
-            "top_genes": dg.MetadataValue.md(markdown_table(
-                [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in top.to_dicts()])),
+            "top_genes": dg.MetadataValue.md(markdown_table(rounded_rows(top.to_dicts()))),
         }
     )
 
@@ -171,12 +170,11 @@ def _synthesizability_for(key: str, excluded: list[str], log, warehouse: DuckDBR
     stamp = path.with_suffix(".json")
     with warehouse.get_connection() as conn:
         version = conn.execute("SELECT any_value(database_version) FROM wyckoff_genes").fetchone()[0]
-    want = {"excluded_material_ids": sorted(excluded), "database_version": version}
-    if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == want:
-        return SynthModel.load(path)
-    log(f"{key}: training a synthesizability classifier without {sorted(excluded)}")
-    with warehouse.get_connection() as conn:
+        want = {"excluded_material_ids": sorted(excluded), "database_version": version}
+        if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == want:
+            return SynthModel.load(path)
         genes = read_table(conn, "SELECT * FROM wyckoff_genes WHERE NOT list_contains(?, material_id)", [excluded])
+    log(f"{key}: training a synthesizability classifier without {sorted(excluded)}")
     model = train_synthesizability(genes, cv_folds=2)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)

@@ -12,7 +12,7 @@ from wycryst_assets import settings
 from wycryst_assets.assets.sampling import _load_model_manifest, filtered_genes
 from wycryst_assets.assets.snapshot import mp_snapshot
 from wycryst_assets.partitions import targets_partitions
-from wycryst_assets.plots import bar_chart_markdown, markdown_table
+from wycryst_assets.plots import bar_chart_markdown, markdown_table, rounded_rows
 from wycryst_assets.resources import ComputeResource
 from wycryst_assets.warehouse import read_table, replace_partition
 
@@ -42,8 +42,22 @@ def _frame(rows: list[dict], schema: dict) -> pl.DataFrame:
     return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema, orient="row")
 
 
-def _rounded(rows: list[dict]) -> list[dict]:
-    return [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+GENE_COLUMNS = ("formula", "space_group", "wyckoff", "gene_key", "trial")
+
+
+def _gene_columns(row: dict) -> dict:
+    return {k: row[k] for k in GENE_COLUMNS}
+
+
+def _verdict_counts(df: pl.DataFrame) -> list[dict]:
+    return df.group_by("verdict").len().sort("verdict").to_dicts() if df.height else []
+
+
+def _file_digest(path: str, settings_text: str) -> str:
+    """Short digest of a structure file and the settings applied to it: a task key that changes
+    when either does, so stored results are reused exactly when they still apply."""
+    with open(path, "rb") as fh:
+        return hashlib.sha1(fh.read() + settings_text.encode()).hexdigest()[:10]
 
 
 class TrialStructuresConfig(dg.Config):
@@ -85,7 +99,7 @@ def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresC
     df = _frame(rows, TRIAL_SCHEMA)
     with warehouse.get_connection() as conn:
         replace_partition(conn, "trial_structures", key, df)
-    counts = df.group_by("verdict").len().sort("verdict").to_dicts() if df.height else []
+    counts = _verdict_counts(df)
     ok = df.filter(pl.col("verdict") == "ok")
     return dg.MaterializeResult(metadata={
         "genes": dg.MetadataValue.int(chosen.height),
@@ -109,8 +123,7 @@ class RelaxedStructuresConfig(dg.Config):
 def _relax_key(row: dict, relaxer: str, fmax: float, max_steps: int) -> str:
     from dft.pipeline import gene_hash
 
-    with open(row["cif_path"], "rb") as fh:
-        digest = hashlib.sha1(fh.read() + f"{relaxer}|{fmax}|{max_steps}".encode()).hexdigest()[:10]
+    digest = _file_digest(row["cif_path"], f"{relaxer}|{fmax}|{max_steps}")
     return f"{gene_hash(row['gene_key'])}-t{row['trial']}-{relaxer}-{digest}"
 
 
@@ -148,7 +161,7 @@ def relaxed_structures(context: dg.AssetExecutionContext, config: RelaxedStructu
     rows = []
     for tkey, res in results.items():
         trial = by_task[tkey]
-        rows.append({**{k: trial[k] for k in ("formula", "space_group", "wyckoff", "gene_key", "trial")},
+        rows.append({**_gene_columns(trial),
                      "relaxer": config.relaxer, **res, "verdict": res.get("verdict", "failed"),
                      "symmetry_kept": bool(res.get("symmetry_kept", False)), "steps": res.get("steps", 0)})
     with warehouse.get_connection() as conn:
@@ -169,7 +182,7 @@ def relaxed_structures(context: dg.AssetExecutionContext, config: RelaxedStructu
         replace_partition(conn, "relaxed_structures", key, df)
     done = df.filter(pl.col("verdict") == "converged")
     best_df = df.filter(pl.col("best_trial")).sort("formation_energy_per_atom", nulls_last=True)
-    verdicts = df.group_by("verdict").len().sort("verdict").to_dicts() if df.height else []
+    verdicts = _verdict_counts(df)
     return dg.MaterializeResult(metadata={
         "trials": dg.MetadataValue.int(df.height),
         "converged": dg.MetadataValue.int(done.height),
@@ -180,7 +193,7 @@ def relaxed_structures(context: dg.AssetExecutionContext, config: RelaxedStructu
         "novel_genes": dg.MetadataValue.int(int(best_df["is_novel"].fill_null(False).sum())),
         "excluded_material_ids": str(excluded),
         "energy_scheme": dg.MetadataValue.md(SCHEME_NOTE),
-        "best_per_gene": dg.MetadataValue.md(markdown_table(_rounded(best_df.head(25).select(
+        "best_per_gene": dg.MetadataValue.md(markdown_table(rounded_rows(best_df.head(25).select(
             "formula", "space_group", "wyckoff", "trial", "formation_energy_per_atom", "e_above_hull",
             "sg_after", "symmetry_kept", "is_novel").to_dicts()))),
         "relative_formation_energy": dg.MetadataValue.md(_relative_ef_chart(best_df, key)),
@@ -235,9 +248,7 @@ def phonon_verdicts(context: dg.AssetExecutionContext, config: PhononVerdictsCon
     base = settings.artifacts_dir() / "phonon_verdicts" / key
     tasks, by_task = {}, {}
     for row in keep.iter_rows(named=True):
-        with open(row["relaxed_cif"], "rb") as fh:
-            digest = hashlib.sha1(fh.read() + f"{config.supercell_min_length}".encode()).hexdigest()[:10]
-        tkey = f"{gene_hash(row['gene_key'])}-{digest}"
+        tkey = f"{gene_hash(row['gene_key'])}-{_file_digest(row['relaxed_cif'], str(config.supercell_min_length))}"
         tasks[tkey] = {"cif_path": row["relaxed_cif"], "relaxer": row["relaxer"],
                        "supercell_min_length": config.supercell_min_length, "png": str(base / "bands" / f"{tkey}.png"),
                        "title": f"{row['formula']} SG {row['space_group']}"}
@@ -247,25 +258,25 @@ def phonon_verdicts(context: dg.AssetExecutionContext, config: PhononVerdictsCon
     rows = []
     for tkey, res in results.items():
         r = by_task[tkey]
-        rows.append({**{k: r[k] for k in ("formula", "space_group", "wyckoff", "gene_key", "trial")}, "target": key,
+        rows.append({**_gene_columns(r), "target": key,
                      "verdict": res.get("verdict", "failed"), "min_frequency_thz": res.get("min_frequency_thz"),
                      "where_min": res.get("where"), "reason": res.get("reason"),
                      "supercell": json.dumps(res.get("supercell_matrix")), "n_displacements": res.get("n_displacements"),
                      "seconds": res.get("seconds"), "cpu_seconds": res.get("cpu_seconds"), "band_png": res.get("band_png")})
     skipped = best.filter(~pl.col("gene_key").is_in(keep["gene_key"]))
     for r in skipped.iter_rows(named=True):
-        rows.append({**{k: r[k] for k in ("formula", "space_group", "wyckoff", "gene_key", "trial")}, "target": key,
+        rows.append({**_gene_columns(r), "target": key,
                      "verdict": "skipped", "reason": f"not selected (E_hull {r['e_above_hull']}, novel {r['is_novel']}; "
                      f"limits: E_hull <= {config.max_e_above_hull}, only_novel {config.only_novel}, "
                      f"max {config.max_structures})"})
     df = _frame(rows, PHONON_SCHEMA)
     with warehouse.get_connection() as conn:
         replace_partition(conn, "phonon_verdicts", key, df)
-    counts = df.group_by("verdict").len().sort("verdict").to_dicts() if df.height else []
+    counts = _verdict_counts(df)
     meta = {
         "computed": dg.MetadataValue.int(len(tasks)),
         "verdicts": dg.MetadataValue.md(markdown_table(counts)),
-        "results": dg.MetadataValue.md(markdown_table(_rounded(df.filter(pl.col("verdict") != "skipped").select(
+        "results": dg.MetadataValue.md(markdown_table(rounded_rows(df.filter(pl.col("verdict") != "skipped").select(
             "formula", "space_group", "wyckoff", "verdict", "min_frequency_thz", "where_min").to_dicts()))),
     }
     plots = [r for r in rows if r.get("band_png")][:3]
