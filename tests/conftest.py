@@ -84,3 +84,32 @@ def small_snapshot(materials, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("snapshot") / "test-release"
     write_snapshot(table, out, database_version="test-release-1", description="test subset")
     return out
+
+
+TINY_PVAE = {"max_epochs": 1, "latent_dim": 16, "batch_size": 64}
+
+
+def asset_runner(instance, resources):
+    """``run(assets, partition, op_config)``: one materialization in ``instance``, never raising."""
+    import dagster as dg
+
+    def run(assets, partition=None, config=None):
+        return dg.materialize(assets, instance=instance, resources=resources, partition_key=partition,
+                              run_config={"ops": config or {}}, selection=assets, raise_on_error=False)
+
+    return run
+
+
+def materialize_through_sampling(run, key: str, samples_per_origin: int):
+    """The upstream chain for one partition: snapshot + genes (1 process), synthesizability, a
+    1-epoch PVAE (its blocking quality check may fail; the checkpoint is written) and
+    ``sampled_genes``, whose result is returned."""
+    from wycryst_assets.assets.genes import wyckoff_genes
+    from wycryst_assets.assets.pvae import pvae_model
+    from wycryst_assets.assets.sampling import sampled_genes, synthesizability_model
+    from wycryst_assets.assets.snapshot import mp_snapshot
+
+    assert run([mp_snapshot, wyckoff_genes], config={"wyckoff_genes": {"config": {"processes": 1}}}).success
+    assert run([synthesizability_model]).success
+    run([pvae_model], key, {"pvae_model": {"config": TINY_PVAE}})
+    return run([sampled_genes], key, {"sampled_genes": {"config": {"samples_per_origin": samples_per_origin}}})

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from tests.conftest import KEY_MATERIALS
+from tests.conftest import KEY_MATERIALS, asset_runner, materialize_through_sampling
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +83,8 @@ def test_tiny_partition_from_genes_to_filtered_genes(wycryst_env, training_snaps
     import duckdb
 
     from wycryst_assets.assets.forward import forward_model
-    from wycryst_assets.assets.genes import wyckoff_genes
-    from wycryst_assets.assets.pvae import TrainingDevice, pvae_model
-    from wycryst_assets.assets.sampling import filtered_genes, sampled_genes, synthesizability_model
-    from wycryst_assets.assets.snapshot import mp_snapshot
+    from wycryst_assets.assets.pvae import TrainingDevice
+    from wycryst_assets.assets.sampling import filtered_genes, sampled_genes
     from wycryst_assets.partitions import sync_target_partitions
     from wycryst_assets.resources import warehouse_resource
 
@@ -95,15 +93,8 @@ def test_tiny_partition_from_genes_to_filtered_genes(wycryst_env, training_snaps
     key = "CsPbI3-221"
     with dg.DagsterInstance.get() as instance:
         sync_target_partitions(instance)
-
-        def run(assets, partition=None, config=None):
-            return dg.materialize(assets, instance=instance, resources=resources, partition_key=partition,
-                                  run_config={"ops": config or {}}, selection=assets, raise_on_error=False)
-
-        assert run([mp_snapshot, wyckoff_genes], config={"wyckoff_genes": {"config": {"processes": 1}}}).success
-        assert run([synthesizability_model]).success
-        run([pvae_model], key, {"pvae_model": {"config": {"max_epochs": 1, "latent_dim": 16, "batch_size": 64}}})
-        sampled = run([sampled_genes], key, {"sampled_genes": {"config": {"samples_per_origin": 50}}})
+        run = asset_runner(instance, resources)
+        sampled = materialize_through_sampling(run, key, samples_per_origin=50)
         assert sampled.success
         filtered = run([filtered_genes], key)
         assert filtered.success

@@ -10,7 +10,7 @@ import pytest
 from pymatgen.core import Structure
 
 from ml.genes import gene_key, wyckoff_json
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, TINY_PVAE, asset_runner, materialize_through_sampling
 from tests.test_pvae_dagster import training_snapshot  # noqa: F401  (module fixture)
 
 KEY = "CsPbI3-221"
@@ -39,11 +39,9 @@ def structure_run(tmp_path_factory, training_snapshot):  # noqa: F811
     mp.setenv("WYCRYST_TARGETS", str(home / "targets.json"))
 
     from wycryst_assets.assets.campaign import sun_report
-    from wycryst_assets.assets.genes import wyckoff_genes
     from wycryst_assets.assets.pvae import TrainingDevice, pvae_model
     from wycryst_assets.assets.report import loo_report
-    from wycryst_assets.assets.sampling import filtered_genes, sampled_genes, synthesizability_model
-    from wycryst_assets.assets.snapshot import mp_snapshot
+    from wycryst_assets.assets.sampling import filtered_genes, sampled_genes
     from wycryst_assets.assets.structures import phonon_verdicts, relaxed_structures, trial_structures
     from wycryst_assets.partitions import sync_target_partitions
     from wycryst_assets.resources import ComputeResource, warehouse_resource
@@ -53,15 +51,8 @@ def structure_run(tmp_path_factory, training_snapshot):  # noqa: F811
     out = {"home": home}
     with dg.DagsterInstance.get() as instance:
         sync_target_partitions(instance)
-
-        def run(assets, partition=None, config=None):
-            return dg.materialize(assets, instance=instance, resources=resources, partition_key=partition,
-                                  run_config={"ops": config or {}}, selection=assets, raise_on_error=False)
-
-        assert run([mp_snapshot, wyckoff_genes], config={"wyckoff_genes": {"config": {"processes": 1}}}).success
-        assert run([synthesizability_model]).success
-        run([pvae_model], KEY, {"pvae_model": {"config": {"max_epochs": 1, "latent_dim": 16, "batch_size": 64}}})
-        assert run([sampled_genes], KEY, {"sampled_genes": {"config": {"samples_per_origin": 20}}}).success
+        run = asset_runner(instance, resources)
+        assert materialize_through_sampling(run, KEY, samples_per_origin=20).success
         assert run([filtered_genes], KEY).success
         con = duckdb.connect(str(home / "warehouse.duckdb"))
         con.execute("UPDATE filtered_genes SET passed = false WHERE target = ?", [KEY])
@@ -79,7 +70,7 @@ def structure_run(tmp_path_factory, training_snapshot):  # noqa: F811
             "supercell_min_length": 6.0, "max_e_above_hull": -1.0}}})
         out["report"] = run([loo_report], KEY)
         # a tiny campaign over Cs-Pb-I: every stage through the S.U.N. report
-        run([pvae_model], CAMPAIGN, {"pvae_model": {"config": {"max_epochs": 1, "latent_dim": 16, "batch_size": 64}}})
+        run([pvae_model], CAMPAIGN, {"pvae_model": {"config": TINY_PVAE}})
         stages = {
             "sampled_genes": {"samples_per_origin": 200},
             "filtered_genes": {"min_synthesizability": 0.0, "max_predicted_formation_energy": 10.0},
@@ -88,9 +79,7 @@ def structure_run(tmp_path_factory, training_snapshot):  # noqa: F811
             "phonon_verdicts": {"supercell_min_length": 6.0, "max_e_above_hull": -1.0, "max_structures": 1},
             "sun_report": {"max_e_above_hull": 10.0},
         }
-        from wycryst_assets.assets.sampling import sampled_genes as sg_asset
-
-        assets = {"sampled_genes": sg_asset, "filtered_genes": filtered_genes, "trial_structures": trial_structures,
+        assets = {"sampled_genes": sampled_genes, "filtered_genes": filtered_genes, "trial_structures": trial_structures,
                   "relaxed_structures": relaxed_structures, "phonon_verdicts": phonon_verdicts, "sun_report": sun_report}
         out["campaign"] = {name: run([assets[name]], CAMPAIGN, {name: {"config": cfg}}) for name, cfg in stages.items()}
     mp.undo()

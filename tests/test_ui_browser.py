@@ -15,6 +15,7 @@ import time
 import dagster as dg
 import pytest
 
+from tests.conftest import asset_runner, materialize_through_sampling
 from tests.ui_support import (
     CHROMIUM,
     LAUNCH_RUN,
@@ -50,27 +51,17 @@ def _require_browser():
 def _materialize_upstream(partition: str) -> None:
     """mp_snapshot -> wyckoff_genes -> synthesizability_model, then a tiny pvae_model and
     sampled_genes for one partition, in-process against the instance the server will use."""
-    from wycryst_assets.assets.genes import wyckoff_genes
-    from wycryst_assets.assets.pvae import TrainingDevice, model_dir, pvae_model
-    from wycryst_assets.assets.sampling import sampled_genes, synthesizability_model
-    from wycryst_assets.assets.snapshot import mp_snapshot
+    from wycryst_assets.assets.pvae import TrainingDevice, model_dir
     from wycryst_assets.partitions import sync_target_partitions
     from wycryst_assets.resources import warehouse_resource
 
     resources = {"warehouse": warehouse_resource(), "training_device": TrainingDevice(accelerator="cpu", devices="1")}
     with dg.DagsterInstance.get() as instance:
         sync_target_partitions(instance)
-
-        def run(assets, partition=None, config=None):
-            return dg.materialize(assets, instance=instance, resources=resources, partition_key=partition,
-                                  run_config={"ops": config or {}}, selection=assets, raise_on_error=False)
-
-        assert run([mp_snapshot, wyckoff_genes], config={"wyckoff_genes": {"config": {"processes": 1}}}).success
-        assert run([synthesizability_model]).success
+        sampled = materialize_through_sampling(asset_runner(instance, resources), partition, samples_per_origin=50)
         # a 1-epoch model fails the blocking reconstruction check, but its checkpoint is written
-        run([pvae_model], partition, {"pvae_model": {"config": {"max_epochs": 1, "latent_dim": 16, "batch_size": 64}}})
         assert (model_dir(partition) / "model.json").is_file()
-        assert run([sampled_genes], partition, {"sampled_genes": {"config": {"samples_per_origin": 50}}}).success
+        assert sampled.success
 
 
 def _launch_filtered_genes(server: DagsterDev, partition: str) -> str:
