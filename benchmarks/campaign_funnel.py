@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,8 +34,9 @@ def main() -> None:
     os.environ["WYCRYST_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(home / "dagster_home")
     os.environ.pop("MP_API_KEY", None)
-    (home / "dagster_home").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster_home" / "dagster.yaml")
+    from wycryst_assets.cli import init_dagster_home
+
+    init_dagster_home()
 
     import dagster as dg
 
