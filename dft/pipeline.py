@@ -63,14 +63,20 @@ def build_gene_trials(gene: dict, *, seed: int, out_dir: Path, max_attempts: int
 
 
 def relax_task(payload: dict) -> dict:
-    """Relax one trial CIF (payload: cif_path, relaxer, fmax, max_steps, out_cif) -> result dict."""
+    """Relax one trial CIF (payload: cif_path, relaxer, fmax, max_steps, out_cif, primitive) ->
+    result dict. ``primitive`` (default True): centred cells are relaxed in their primitive cell
+    (:func:`dft.relax.relax_primitive`); the CIF, energy and n_atoms are the conventional cell's."""
     from pymatgen.core import Structure
 
-    from dft.relax import get_relaxer
+    from dft.relax import get_relaxer, relax_primitive
 
     structure = Structure.from_file(payload["cif_path"])
     relaxer = get_relaxer(payload.get("relaxer", "chgnet"))
-    r = relaxer.relax(structure, fmax=float(payload.get("fmax", 0.05)), max_steps=int(payload.get("max_steps", 500)))
+    kwargs = {"fmax": float(payload.get("fmax", 0.05)), "max_steps": int(payload.get("max_steps", 500))}
+    if payload.get("primitive", True):
+        r = relax_primitive(relaxer, structure, **kwargs)
+    else:
+        r = relaxer.relax(structure, **kwargs)
     out = None
     if r.structure is not None and payload.get("out_cif"):
         Path(payload["out_cif"]).parent.mkdir(parents=True, exist_ok=True)

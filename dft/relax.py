@@ -319,6 +319,34 @@ class SevenNetRelaxer(AseRelaxer):
         return SevenNetCalculator(model=model, file_type="model_instance", device="cpu")
 
 
+def relax_primitive(relaxer, structure, *, fmax: float = 0.05, max_steps: int = 500) -> RelaxResult:
+    """Relax a centred cell (I, F, C, A, R) in its primitive cell -- 2-4x fewer atoms for the
+    potential and the same symmetry -- and return it in spglib's standard conventional cell
+    (ITA setting) with the energy scaled to that cell, so the result reads exactly like a
+    conventional-cell relaxation. Primitive input is relaxed as it is."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        primitive = SpacegroupAnalyzer(structure, symprec=RELAX_SYMPREC).find_primitive()
+    except Exception:  # spglib could not analyse it: relax the cell as given
+        primitive = None
+    if primitive is None or len(primitive) >= len(structure):
+        return relaxer.relax(structure, fmax=fmax, max_steps=max_steps)
+    result = relaxer.relax(primitive, fmax=fmax, max_steps=max_steps)
+    if result.structure is None or result.verdict not in ("converged", "not_converged"):
+        return result
+    try:
+        conventional = SpacegroupAnalyzer(result.structure, symprec=RELAX_SYMPREC).get_refined_structure()
+    except Exception:
+        return result
+    if len(conventional) % len(result.structure):
+        return result  # refinement found another cell: keep the primitive one, energies as they are
+    factor = len(conventional) // len(result.structure)
+    result.structure = conventional
+    result.energy = result.energy * factor
+    return result
+
+
 RELAXERS: dict[str, type[AseRelaxer]] = {"chgnet": CHGNetRelaxer, "sevennet": SevenNetRelaxer}
 DEFAULT_RELAXER = "chgnet"
 

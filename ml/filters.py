@@ -11,6 +11,9 @@ reliability
                         Bi(II) and Ag(III), pass). One SMACT call per distinct formula.
   ``wyckoff_ok``        :func:`ml.genes.validate_gene`: letters exist in the space group,
                         multiplicities match, no DoF-0 site twice, sites reproduce the formula.
+  ``ternary_ok``        exactly ``n_elements`` distinct elements (3: the PVAE is trained on and the
+                        paper generates ternaries; a decoder that repeats an element slot gives a
+                        binary or an element, e.g. "Te" from Te/Te/Te). ``None`` switches it off.
   ``unique_in_batch``   first row of its ``gene_key`` in input order (equivalent configurations
                         share one key; sampling already merges them, this checks again).
   ``novel``             ``gene_key`` not in ``known_gene_keys``. For a leave-one-out target the
@@ -53,6 +56,7 @@ from ml.targets import Target
 REASONS: dict[str, tuple[str, ...]] = {
     "formula_ok": ("formula_unparseable", "smact_charge_neutrality", "smact_electronegativity"),
     "wyckoff_ok": ("wyckoff_<GeneError.reason>",),  # e.g. wyckoff_dof0_site_occupied_twice
+    "ternary_ok": ("wrong_element_count",),
     "unique_in_batch": ("duplicate_in_batch",),
     "novel": ("known_gene",),
     "elements_ok": ("element_outside_list",),
@@ -67,6 +71,7 @@ FUNNEL_STAGES: tuple[tuple[str, str | None], ...] = (
     ("sampled", None),
     ("formula", "formula_ok"),
     ("wyckoff", "wyckoff_ok"),
+    ("ternary", "ternary_ok"),
     ("unique", "unique_in_batch"),
     ("novel", "novel"),
     ("elements", "elements_ok"),
@@ -85,6 +90,7 @@ class FilterConfig:
     ``min_synthesizability`` switches that rule off (noted, not rejected)."""
 
     elements: tuple[str, ...] | None = None  # None: the campaign's list, or no restriction
+    n_elements: int | None = 3  # distinct elements a gene must have; None: any
     max_atoms_per_cell: int = 50
     max_total_dof: int = 5
     max_predicted_formation_energy: float | None = 0.0  # eV/atom
@@ -196,13 +202,14 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
     # gene without one gets its raw text as key (as ml.sampling does)
     keys = pl.Series([given if given is not None else c[3] if c[3] is not None else f"{f}|{sg}|{w}"
                       for given, c, f, sg, w in zip(given_keys, checks, formulas, sgs, wyckoffs)], dtype=pl.String)
+    formula_elements: dict[str, frozenset | None] = {f: _formula_elements(f) for f in set(formulas)}
+    # the formula's elements (the Wyckoff sites' where the formula does not parse)
+    n_distinct = [len(formula_elements[f] or c[4] or ()) if f else len(c[4] or ()) for c, f in zip(checks, formulas)]
+    ternary_ok = [config.n_elements is None or n == config.n_elements for n in n_distinct]
     allowed = _element_set(target, config)
     if allowed is None:
         elements_ok = [True] * n
     else:  # the Wyckoff sites' elements and the formula's (they differ only in invalid genes)
-        formula_elements: dict[str, frozenset | None] = {}
-        for f in set(formulas):
-            formula_elements[f] = _formula_elements(f)
         elements_ok = [_within(c[4], allowed) and (not f or _within(formula_elements[f], allowed))
                        for c, f in zip(checks, formulas)]
 
@@ -226,6 +233,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
         atoms,
         dof,
         pl.Series("_elements_ok", elements_ok, dtype=pl.Boolean),
+        pl.Series("_ternary_ok", ternary_ok, dtype=pl.Boolean),
         pl.Series("synthesizability", scores, dtype=pl.Float64).fill_nan(None),
     )
 
@@ -268,6 +276,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
     df = df.with_columns(
         pl.col("_formula_reason").is_null().alias("formula_ok"),
         pl.col("_wyckoff_reason").is_null().alias("wyckoff_ok"),
+        pl.col("_ternary_ok").alias("ternary_ok"),
         pl.col("gene_key").is_first_distinct().alias("unique_in_batch"),
         (~pl.col("gene_key").is_in(known_list)).alias("novel"),
         pl.col("_elements_ok").alias("elements_ok"),
@@ -279,6 +288,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
         pl.concat_list(
             pl.col("_formula_reason"),
             pl.col("_wyckoff_reason"),
+            pl.when(~pl.col("_ternary_ok")).then(pl.lit("wrong_element_count")),
             pl.when(~pl.col("gene_key").is_first_distinct()).then(pl.lit("duplicate_in_batch")),
             pl.when(pl.col("gene_key").is_in(known_list)).then(pl.lit("known_gene")),
             pl.when(~pl.col("_elements_ok")).then(pl.lit("element_outside_list")),
@@ -321,7 +331,7 @@ def _reduced_or_none(formula: str | None) -> str | None:
 
 def funnel(filtered: pl.DataFrame) -> list[dict]:
     """Counts left after applying the rules one after another (sampled -> formula -> wyckoff ->
-    unique -> novel -> elements -> size -> energy -> synthesizable -> target formula -> passed):
+    ternary -> unique -> novel -> elements -> size -> energy -> synthesizable -> target formula -> passed):
     ``[{"stage", "rule", "remaining", "removed"}, ...]``, non-increasing."""
     out = []
     keep = pl.Series([True] * filtered.height, dtype=pl.Boolean)

@@ -30,7 +30,7 @@ from ml.targets import loo_excluded_ids, parse_target
 
 SRTIO3 = {"Sr": ["1a"], "Ti": ["1b"], "O": ["3c"]}  # cubic perovskite, 5 atoms, DoF 0
 NO_LIMITS = FilterConfig(max_predicted_formation_energy=None, min_synthesizability=None,
-                         restrict_to_target_formula=False)
+                         restrict_to_target_formula=False, n_elements=None)
 
 
 def genes(*rows) -> pl.DataFrame:
@@ -102,6 +102,23 @@ def test_wyckoff_rule_rejects_a_doubly_occupied_fixed_site():
     assert out["size_ok"].to_list() == [True, False, False, False]
     assert "size_unknown_invalid_gene" in out["reasons"][1]
     assert out["atoms_per_cell"].to_list() == [5, None, None, None]
+
+
+def test_ternary_rule_rejects_genes_whose_element_slots_repeat():
+    # the decoder can put one element in two slots: "Te" (Te/Te/Te) or "CuTe" (Cu/Te/Te) is valid
+    # Wyckoff-wise but is no longer the ternary the PVAE was asked for
+    table = genes(("Te", 166, {"Te": ["3a", "6c"]}), ("CuTe", 221, {"Cu": ["1a"], "Te": ["1b"]}),
+                  ("SrTiO3", 221, SRTIO3))
+    ternary = FilterConfig(max_predicted_formation_energy=None, min_synthesizability=None)  # default n_elements
+    out = run(table, config=ternary)
+    assert out["wyckoff_ok"].to_list() == [True, True, True]
+    assert out["ternary_ok"].to_list() == [False, False, True]
+    assert out["reasons"][0].to_list() == ["wrong_element_count"]
+    assert out["passed"].to_list() == [False, False, True]
+    anything = FilterConfig(n_elements=None, max_predicted_formation_energy=None, min_synthesizability=None)
+    assert run(table, config=anything)["ternary_ok"].to_list() == [True, True, True]
+    binary = FilterConfig(n_elements=2, max_predicted_formation_energy=None, min_synthesizability=None)
+    assert run(table, config=binary)["ternary_ok"].to_list() == [False, True, False]
 
 
 def test_equivalent_configurations_are_one_gene_and_only_the_first_is_unique():
@@ -251,7 +268,8 @@ def test_every_row_kept_with_verdicts_and_a_monotone_funnel(snapshot_genes, targ
     assert counts[0] == out.height and counts[-1] == int(out["passed"].sum())
     assert all(a >= b for a, b in zip(counts, counts[1:]))
     assert all(s["removed"] >= 0 for s in steps)
-    assert counts[1] < counts[0] and counts[4] < counts[3]  # NaCl3 and the known genes go
+    assert counts[1] < counts[0] and counts[5] < counts[4]  # NaCl3 and the known genes go
+    assert counts[3] < counts[2]  # the snapshot's binaries are not ternaries
 
 
 # ---------------------------------------------------------------- synthesizability model

@@ -222,3 +222,35 @@ def test_chgnet_keeps_pnma_from_a_random_trial(chgnet):
     trial = generate_trials(*CATIO3_PNMA, seed=0)[1]
     result = chgnet.relax(trial.structure)
     assert result.verdict == "converged" and result.symmetry_kept and result.sg_after == 62
+
+
+def test_centred_cells_relax_in_their_primitive_cell_and_come_back_conventional():
+    """fcc Cu (conventional 4 atoms, primitive 1) with EMT: the primitive relaxation returns the
+    conventional cell with the energy of 4 atoms, equal to relaxing the conventional cell itself."""
+    from ase.calculators.emt import EMT
+
+    from dft.relax import relax_primitive
+
+    cu = Structure(Lattice.cubic(3.7), ["Cu"] * 4, [[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
+    emt = AseRelaxer(EMT, name="emt")
+    direct = emt.relax(cu, fmax=0.01, max_steps=200)
+    seen = []
+
+    class Spy:  # records the cell the potential actually sees
+        def relax(self, s, **kw):
+            seen.append(len(s))
+            return emt.relax(s, **kw)
+
+    via = relax_primitive(Spy(), cu, fmax=0.01, max_steps=200)
+    assert seen == [1]
+    assert direct.converged and via.converged and via.sg_after == 225
+    assert len(via.structure) == 4
+    assert via.energy == pytest.approx(direct.energy, abs=2e-3)
+    assert via.structure.lattice.a == pytest.approx(direct.structure.lattice.a, abs=2e-3)
+    assert via.structure.lattice.angles == pytest.approx((90, 90, 90))
+    # a primitive cell goes straight through
+    seen.clear()
+    prim = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"],
+                     [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]])
+    relax_primitive(Spy(), prim, fmax=0.5, max_steps=1)
+    assert seen == [5]

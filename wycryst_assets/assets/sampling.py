@@ -133,6 +133,7 @@ class FilteredGenesConfig(dg.Config):
     # the least ICSD-like genes. With live MP labels (supervised mode) 0.5 is the natural cut.
     min_synthesizability: float = 0.1
     restrict_to_target_formula: bool = True
+    n_elements: int = 3  # distinct elements per gene (the PVAE's ternaries); 0: any
 
 
 @dg.asset(
@@ -215,7 +216,8 @@ def filtered_genes(context: dg.AssetExecutionContext, config: FilteredGenesConfi
     fcfg = FilterConfig(elements=elements, max_atoms_per_cell=max_atoms, max_total_dof=max_dof,
                         max_predicted_formation_energy=config.max_predicted_formation_energy,
                         min_synthesizability=config.min_synthesizability,
-                        restrict_to_target_formula=config.restrict_to_target_formula)
+                        restrict_to_target_formula=config.restrict_to_target_formula,
+                        n_elements=config.n_elements or None)
     out = apply_filters(sampled, known_gene_keys=set(known["gene_key"].to_list()), target=target,
                         config=fcfg, synthesizability=synth)
     out = out.with_columns(pl.lit(key).alias("target"))
