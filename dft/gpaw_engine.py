@@ -53,6 +53,10 @@ REFERENCE_CACHE_NAME = "gpaw_elemental_references.json"
 MOLECULE_BOX = 10.0  # Å, cubic box for diatomic references
 # Elements whose standard state is a diatomic gas: X2 in a MOLECULE_BOX box at Γ.
 DIATOMIC_REFERENCES = ("H", "N", "O", "F", "Cl")
+# Heavier halogens (liquid Br2, molecular-solid I2): the X2 molecule at its experimental bond
+# length (Å), relaxed, in the same box. PBE without dispersion barely binds the molecular solid,
+# so the molecule stands in for it (the sublimation energy, ~0.1-0.3 eV/atom, is left out).
+HALOGEN_MOLECULES = {"Br": 2.281, "I": 2.666}
 # Ferromagnetic elemental references: initial moments (μB/atom) so the spin-polarized state is found.
 MAGNETIC_REFERENCES = {"Fe": 2.2, "Co": 1.6, "Ni": 0.6}
 
@@ -284,7 +288,7 @@ def reference_atoms(symbol: str) -> tuple[dict, str]:
     constant; Fe/Co/Ni ferromagnetic). H, N, O, F, Cl: the X2 molecule (``ase.build.molecule``,
     G2 geometry; O2 as the spin-polarized triplet) in a 10 Å cubic box at Γ. Raises ValueError
     for elements ASE has no buildable reference for (B, P, S, Mn, Ga, Se, Br, Te, I, noble gases
-    He..., ...), naming the reason.
+    He..., ...), naming the reason. Br and I: the X2 molecule in the box (see HALOGEN_MOLECULES).
     """
     from ase.build import bulk, molecule
     from ase.data import atomic_numbers, reference_states
@@ -305,6 +309,13 @@ def reference_atoms(symbol: str) -> tuple[dict, str]:
             data["magmoms"] = magmoms.tolist()
         spin = " spin-polarized (triplet)" if np.any(magmoms) else ""
         return data, f"{symbol}2 molecule{spin} in a {MOLECULE_BOX:g} A box, Gamma point"
+    if symbol in HALOGEN_MOLECULES:
+        half = HALOGEN_MOLECULES[symbol] / 2
+        centre = MOLECULE_BOX / 2
+        data = {"cell": (np.eye(3) * MOLECULE_BOX).tolist(), "numbers": [atomic_numbers[symbol]] * 2,
+                "positions": [[centre, centre, centre - half], [centre, centre, centre + half]], "pbc": [True] * 3}
+        return data, (f"{symbol}2 molecule in a {MOLECULE_BOX:g} A box, Gamma point (stands in for the "
+                      "condensed standard state; its cohesive energy is left out)")
     state = reference_states[atomic_numbers[symbol]]
     try:
         atoms = bulk(symbol)
@@ -367,7 +378,7 @@ def gpaw_elemental_references(
             warnings.warn(f"no GPAW elemental reference for {symbol}: {exc}", stacklevel=2)
             continue
         job = dict(settings)
-        molecule = symbol in DIATOMIC_REFERENCES
+        molecule = symbol in DIATOMIC_REFERENCES or symbol in HALOGEN_MOLECULES
         if molecule:
             job.update(kpts=[1, 1, 1], kspacing=None, relax_cell=False)
         mode = "relax" if relax else "single_point"

@@ -69,3 +69,19 @@ def test_two_partition_writers_at_once_share_the_warehouse(tmp_path):
     con.close()
     # each partition holds exactly its last write: nothing duplicated, nothing of the other lost
     assert rows == [("CaTiO3-62", 50, "CaTiO3-62-14-0"), ("SrTiO3-221", 50, "SrTiO3-221-14-0")]
+
+
+def test_a_newer_schema_adds_columns_without_losing_stored_partitions(tmp_path):
+    """Upgrading the code (filtered_genes gained `ternary_ok`) against an existing warehouse."""
+    import duckdb
+
+    from wycryst_assets.warehouse import replace_partition
+
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    old = pl.DataFrame({"target": ["CaTiO3-62"] * 2, "gene_key": ["a", "b"], "passed": [True, False]})
+    replace_partition(con, "filtered_genes", "CaTiO3-62", old)
+    new = pl.DataFrame({"target": ["SrTiO3-221"], "gene_key": ["c"], "passed": [True], "ternary_ok": [False]})
+    replace_partition(con, "filtered_genes", "SrTiO3-221", new)
+    rows = con.execute("SELECT target, gene_key, passed, ternary_ok FROM filtered_genes ORDER BY gene_key").fetchall()
+    assert rows == [("CaTiO3-62", "a", True, None), ("CaTiO3-62", "b", False, None), ("SrTiO3-221", "c", True, False)]
+    con.close()

@@ -210,5 +210,8 @@ def test_reference_states_are_documented_choices():
     assert np.allclose(np.diag(oxygen["cell"]), 10.0) and sum(oxygen["magmoms"]) == pytest.approx(2.0)
     iron, description = gpaw_engine.reference_atoms("Fe")
     assert "bcc" in description and iron["magmoms"] == [2.2]
-    with pytest.raises(ValueError, match="Br"):
-        gpaw_engine.reference_atoms("Br")
+    iodine, description = gpaw_engine.reference_atoms("I")
+    assert iodine["numbers"] == [53, 53] and "molecule" in description
+    assert np.linalg.norm(np.subtract(*iodine["positions"])) == pytest.approx(2.666)  # I2 bond length
+    with pytest.raises(ValueError, match="Se"):
+        gpaw_engine.reference_atoms("Se")

@@ -35,7 +35,8 @@ def replace_tables(conn, tables: dict[str, pl.DataFrame]) -> None:
 
 
 def replace_partition(conn, table: str, target: str, df: pl.DataFrame) -> None:
-    """Delete the ``target`` partition's rows and insert ``df`` (which carries that target)."""
+    """Delete the ``target`` partition's rows and insert ``df`` (which carries that target).
+    Columns ``df`` has and the table lacks are added first (other partitions read NULL there)."""
     _check(table)
     if "target" not in df.columns:
         df = df.with_columns(pl.lit(target).alias("target"))
@@ -43,6 +44,11 @@ def replace_partition(conn, table: str, target: str, df: pl.DataFrame) -> None:
     try:
         conn.register("_incoming", df.to_arrow())
         conn.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM _incoming LIMIT 0")
+        # a newer code version may add columns: add them (NULL for the rows already stored)
+        have = {r[0] for r in conn.execute(f"DESCRIBE {table}").fetchall()}
+        for name, dtype, *_ in conn.execute("DESCRIBE _incoming").fetchall():
+            if name not in have:
+                conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {dtype}')
         conn.execute(f"DELETE FROM {table} WHERE target = ?", [target])
         conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
         conn.unregister("_incoming")
