@@ -3,7 +3,8 @@ and wall time per stage, through a real Dagster instance (reuses the snapshot/ge
 --home when present, e.g. after loo_rediscovery.py).
 
     .venv/bin/python benchmarks/campaign_funnel.py [--home /tmp/wycryst-loo] [--max-genes 20]
-        [--samples-per-origin 5000] [--max-epochs 30] [--reuse-model]
+        [--samples-per-origin 5000] [--max-epochs 30] [--reuse-model] [--refine-max-structures 3]
+        [--from-stage filtered_genes]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--reuse-model", action="store_true")
     ap.add_argument("--max-e-above-hull", type=float, default=0.1)
+    ap.add_argument("--refine-max-structures", type=int, default=3, help="GPAW refinements (0: skip the stage)")
     ap.add_argument("--from-stage", default="pvae_model", help="skip the stages before this one (already materialized)")
     args = ap.parse_args()
     home = Path(args.home)
@@ -53,6 +55,7 @@ def main() -> None:
         ("trial_structures", {"max_genes": args.max_genes}),
         ("relaxed_structures", {}),
         ("phonon_verdicts", {"max_e_above_hull": args.max_e_above_hull, "max_structures": 30}),
+        ("refined_structures", {"max_e_above_hull": args.max_e_above_hull, "max_structures": args.refine_max_structures}),
         ("sun_report", {"max_e_above_hull": args.max_e_above_hull}),
     ]
     times = {}
@@ -65,6 +68,8 @@ def main() -> None:
         names = [n for n, _ in stages]
         for name, cfg in stages[names.index(args.from_stage):]:
             if name == "pvae_model" and args.reuse_model and (model_dir(KEY) / "model.json").exists():
+                continue
+            if name == "refined_structures" and args.refine_max_structures <= 0:
                 continue
             t = time.perf_counter()
             res = dg.materialize([graph[name]], instance=instance, resources=resources, partition_key=KEY,
@@ -82,6 +87,9 @@ def main() -> None:
     print(m["paper_comparison"].value)
     print("\n## S.U.N. candidates\n")
     print(m["candidates_table"].value)
+    if "refined_structures" in metas:
+        print("\n## DFT refinement (GPAW)\n")
+        print(metas["refined_structures"]["dft_vs_mlip"].value)
     print("\nwall seconds per stage:", {k: round(v) for k, v in times.items()})
 
 

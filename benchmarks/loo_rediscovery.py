@@ -8,6 +8,7 @@ WYCRYST_HOME are reused with --reuse-models.
     .venv/bin/python benchmarks/loo_rediscovery.py [--home DIR] [--targets K1,K2] [--reuse-models]
         [--samples-per-origin 5000] [--noise-scale 4.0] [--noise-unit posterior_sigma] [--min-synthesizability 0.1]
         [--element-constraint task|none] [--origin-scope stoichiometry|formula]
+        [--structures --max-genes 30] [--skip-sampling] [--refine --refine-max-structures 3 --refine-mode auto]
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def main() -> None:
     ap.add_argument("--structures", action="store_true",
                     help="also trial_structures -> relaxed_structures -> loo_report (CHGNet)")
     ap.add_argument("--max-genes", type=int, default=30, help="trial_structures: genes per partition")
+    ap.add_argument("--skip-sampling", action="store_true", help="keep the stored sampled_genes (filters rerun)")
+    ap.add_argument("--refine", action="store_true", help="also refined_structures (GPAW) before loo_report")
+    ap.add_argument("--refine-max-structures", type=int, default=3)
+    ap.add_argument("--refine-mode", default="auto", choices=["auto", "relax", "single_point"])
     args = ap.parse_args()
     home = Path(args.home)
     os.environ["WYCRYST_HOME"] = str(home)
@@ -57,6 +62,7 @@ def main() -> None:
     from wycryst_assets.assets.sampling import filtered_genes, sampled_genes, synthesizability_model
     from wycryst_assets.assets.snapshot import mp_snapshot
     from wycryst_assets.partitions import sync_target_partitions
+    from wycryst_assets.assets.refinement import refined_structures
     from wycryst_assets.assets.report import loo_report
     from wycryst_assets.assets.structures import relaxed_structures, trial_structures
     from wycryst_assets.resources import compute_resource, warehouse_resource
@@ -85,17 +91,19 @@ def main() -> None:
                 print(f"{key}: trained in {train_s:.0f} s; element {m['element_accuracy'].value:.3f} "
                       f"wyckoff {m['wyckoff_accuracy'].value:.3f} sg {m['space_group_accuracy'].value:.3f} "
                       f"ef_mae {m['ef_mae'].value:.3f}; excluded {m['excluded_material_ids'].value}", flush=True)
-            res, sample_s = run([sampled_genes], key, {"sampled_genes": {"config": {
-                "samples_per_origin": args.samples_per_origin, "noise_scale": args.noise_scale,
-                "noise_unit": args.noise_unit, "element_constraint": args.element_constraint,
-                "origin_scope": args.origin_scope, "max_latent_points": args.max_latent_points}}})
-            sm = res.asset_materializations_for_node("sampled_genes")[0].metadata
+            sm, sample_s = {}, 0.0
+            if not args.skip_sampling:
+                res, sample_s = run([sampled_genes], key, {"sampled_genes": {"config": {
+                    "samples_per_origin": args.samples_per_origin, "noise_scale": args.noise_scale,
+                    "noise_unit": args.noise_unit, "element_constraint": args.element_constraint,
+                    "origin_scope": args.origin_scope, "max_latent_points": args.max_latent_points}}})
+                sm = res.asset_materializations_for_node("sampled_genes")[0].metadata
             res, filter_s = run([filtered_genes], key, {"filtered_genes": {"config": {
                 "min_synthesizability": args.min_synthesizability}}})
             fm = res.asset_materializations_for_node("filtered_genes")[0].metadata
             row = {
-                "target": key, "origins": sm["origins"].value.split()[0],
-                "points/s": round(sm["points_per_second"].value), "unique": fm["sampled"].value,
+                "target": key, "origins": sm["origins"].value.split()[0] if sm else "-",
+                "points/s": round(sm["points_per_second"].value) if sm else "-", "unique": fm["sampled"].value,
                 "passed": fm["passed"].value, "sampled": fm["held_out_gene_sampled"].value,
                 "target passed": fm["held_out_gene_passed"].value, "rank": fm["held_out_gene_rank_by_hits"].value,
                 "reasons": fm["held_out_gene_reasons"].value, "train s": round(train_s),
@@ -106,6 +114,12 @@ def main() -> None:
                 tm = res.asset_materializations_for_node("trial_structures")[0].metadata
                 res, relax_s = run([relaxed_structures], key)
                 rm = res.asset_materializations_for_node("relaxed_structures")[0].metadata
+                refine_s = 0.0
+                if args.refine:
+                    res, refine_s = run([refined_structures], key, {"refined_structures": {"config": {
+                        "max_structures": args.refine_max_structures, "mode": args.refine_mode}}})
+                    print(res.asset_materializations_for_node("refined_structures")[0].metadata["dft_vs_mlip"].value,
+                          flush=True)
                 res, _ = run([loo_report], key)
                 lm = res.asset_materializations_for_node("loo_report")[0].metadata
                 part = lm["this_partition"].value
@@ -114,7 +128,8 @@ def main() -> None:
                     "relaxed": rm["converged"].value, "sym kept": rm["symmetry_kept_rate"].value,
                     "core-s/relax": rm["core_seconds_per_relaxation"].value, "relax s": round(relax_s),
                     "lattice err": round(part.get("lattice_max_error", float("nan")), 4),
-                    "GS rank": part.get("ground_state_rank"), "recovered": lm["recovered"].value,
+                    "GS rank": part.get("ground_state_rank"), "rank by": part.get("ground_state_rank_source"),
+                    "lattice by": part.get("lattice_source"), "refine s": round(refine_s), "recovered": lm["recovered"].value,
                     "why not": lm["why_not"].value,
                 })
             rows.append(row)

@@ -172,3 +172,18 @@ def phonon_task(payload: dict) -> dict:
         Path(payload["png"]).write_bytes(band_structure_png(result, payload.get("title", "")))
         summary["band_png"] = payload["png"]
     return summary
+
+
+def write_dfpt_inputs(cif_path: str, directory: str, supercell_matrix=None, supercell_min_length: float = 10.0) -> str:
+    """The paper's VASP DFPT run (precise settings, IBRION 8) for a relaxed CIF, on the symmetrized
+    primitive cell and supercell the finite-displacement phonons used (phonopy then reads the force
+    constants from vasprun.xml: ``phonopy --fc vasprun.xml``). Returns the directory."""
+    from pymatgen.core import Structure
+
+    from dft.phonons import diagonal_supercell, symmetrized_primitive
+    from dft.vasp import write_vasp_inputs
+
+    primitive, _ = symmetrized_primitive(Structure.from_file(cif_path))
+    matrix = supercell_matrix or diagonal_supercell(primitive, supercell_min_length)
+    write_vasp_inputs(primitive, directory, dfpt=True, supercell=matrix)
+    return str(directory)

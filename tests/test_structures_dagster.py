@@ -5,6 +5,7 @@ import json
 
 import dagster as dg
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 from pymatgen.core import Structure
@@ -18,25 +19,31 @@ CAMPAIGN = "campaign-tiny"
 HELD_OUT = {"Cs": ["1b"], "Pb": ["1a"], "I": ["3d"]}  # the registry's equivalent configuration
 
 
+def _environment(home, snapshot) -> pytest.MonkeyPatch:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WYCRYST_HOME", str(home))
+    mp.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    mp.setenv("WYCRYST_SNAPSHOT", str(snapshot))
+    mp.setenv("WYCRYST_TARGETS", str(home / "targets.json"))
+    mp.delenv("MP_API_KEY", raising=False)
+    mp.delenv("VASP_COMMAND", raising=False)
+    return mp
+
+
 @pytest.fixture(scope="module")
 def structure_run(tmp_path_factory, training_snapshot):  # noqa: F811
     """The whole chain once; filtered_genes' passed rows are then set by hand (a 1-epoch PVAE
     is not the point here): the held-out gene and a gene PyXtal cannot build."""
-    mp = pytest.MonkeyPatch()
     home = tmp_path_factory.mktemp("structures")
     (home / "dagster_home").mkdir()
     from pathlib import Path
 
     (home / "dagster_home" / "dagster.yaml").write_text((Path(__file__).parents[1] / "dagster.yaml").read_text())
-    mp.setenv("WYCRYST_HOME", str(home))
-    mp.setenv("DAGSTER_HOME", str(home / "dagster_home"))
-    mp.setenv("WYCRYST_SNAPSHOT", str(training_snapshot))
-    mp.delenv("MP_API_KEY", raising=False)
     registry = json.loads((SHARED_DATA / "targets.json").read_text())
     registry["targets"].append({"partition": CAMPAIGN, "task": "campaign", "elements": ["Cs", "I", "Pb"],
                                 "selection": {"max_atoms_per_cell": 50, "max_total_dof": 5}})
     (home / "targets.json").write_text(json.dumps(registry))
-    mp.setenv("WYCRYST_TARGETS", str(home / "targets.json"))
+    mp = _environment(home, training_snapshot)
 
     from wycryst_assets.assets.campaign import sun_report
     from wycryst_assets.assets.pvae import TrainingDevice, pvae_model
@@ -82,6 +89,7 @@ def structure_run(tmp_path_factory, training_snapshot):  # noqa: F811
         assets = {"sampled_genes": sampled_genes, "filtered_genes": filtered_genes, "trial_structures": trial_structures,
                   "relaxed_structures": relaxed_structures, "phonon_verdicts": phonon_verdicts, "sun_report": sun_report}
         out["campaign"] = {name: run([assets[name]], CAMPAIGN, {name: {"config": cfg}}) for name, cfg in stages.items()}
+    out["snapshot"] = training_snapshot
     mp.undo()
     return out
 
@@ -162,6 +170,13 @@ def test_phonons_run_on_the_relaxed_cell(structure_run):
     assert json.loads(r["supercell"]) and r["n_displacements"] >= 1
     meta = structure_run["phonons"].asset_materializations_for_node("phonon_verdicts")[0].metadata
     assert "data:image/png;base64," in meta["band_structures"].value
+    # the VASP path: the paper's DFPT input (precise, IBRION 8) on the supercell phonopy used
+    from pymatgen.io.vasp.inputs import Incar, Poscar
+
+    incar = Incar.from_file(f"{r['vasp_dfpt_dir']}/INCAR")
+    assert incar["IBRION"] == 8 and incar["ENCUT"] == 520 and incar["KSPACING"] == 0.15 and incar["EDIFF"] == 1e-8
+    matrix = json.loads(r["supercell"])
+    assert len(Poscar.from_file(f"{r['vasp_dfpt_dir']}/POSCAR").structure) == 5 * round(abs(np.linalg.det(matrix)))
 
 
 def test_loo_report_compares_the_lattice_with_the_registry(structure_run):
@@ -197,3 +212,75 @@ def test_tiny_campaign_reaches_the_sun_report(structure_run):
     assert csv.height == len(sun) == meta["candidates"].value
     for path in csv["cif"].to_list() if csv.height else []:
         assert Structure.from_file(path).composition.reduced_formula in csv["formula"].to_list()
+
+
+# ---- DFT refinement (runs after the tests above: it changes the partition's loo_report row) ----
+
+CHEAP_GPAW = {"ecut": 300.0, "kpts_density": 1.5, "max_steps": 3, "fmax": 0.5, "max_e_above_hull": -1.0}
+
+
+@pytest.fixture(scope="module")
+def refined_run(structure_run):
+    import os
+
+    from dft.gpaw_engine import gpaw_available, gpaw_python
+
+    if not gpaw_available():
+        message = f"GPAW not importable by {gpaw_python()} (Debian: apt-get install gpaw gpaw-data)"
+        if os.environ.get("WYCRYST_REQUIRE_GPAW") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from wycryst_assets.assets.refinement import refined_structures
+    from wycryst_assets.assets.report import loo_report
+    from wycryst_assets.resources import ComputeResource, warehouse_resource
+
+    home = structure_run["home"]
+    mp = _environment(home, structure_run["snapshot"])
+    resources = {"warehouse": warehouse_resource(), "compute": ComputeResource(max_workers=1, chunk_size=1)}
+    out = {}
+    with dg.DagsterInstance.get() as instance:
+        run = asset_runner(instance, resources)
+        out["vasp"] = run([refined_structures], KEY, {"refined_structures": {"config": {
+            "engine": "vasp", "max_e_above_hull": -1.0}}})
+        out["vasp_rows"] = _table(home, "SELECT * FROM refined_structures WHERE target = ?")
+        out["gpaw"] = run([refined_structures], KEY, {"refined_structures": {"config": {"engine": "gpaw", **CHEAP_GPAW}}})
+        out["report"] = run([loo_report], KEY)
+    mp.undo()
+    return out
+
+
+def test_vasp_refinement_without_a_command_writes_the_papers_inputs(refined_run):
+    assert refined_run["vasp"].success
+    rows = refined_run["vasp_rows"]
+    assert rows.height == 1 and rows["verdict"][0] == "inputs_written" and rows["engine"][0] == "vasp"
+    from pymatgen.io.vasp.inputs import Incar
+
+    incar = Incar.from_file(f"{rows['workdir'][0]}/normal/INCAR")
+    assert incar["KSPACING"] == 0.2 and incar["EDIFFG"] == -1e-3 and incar["ISIF"] == 3  # the paper's normal set
+
+
+def test_gpaw_refines_the_held_out_gene_and_decides_the_lattice(refined_run, structure_run):
+    from dft.gpaw_engine import gpaw_elemental_references, gpaw_single_point
+
+    assert refined_run["gpaw"].success
+    home = structure_run["home"]
+    r = _table(home, "SELECT * FROM refined_structures WHERE target = ?").row(0, named=True)
+    assert r["engine"] == "gpaw" and r["mode"] == "relax" and r["verdict"] in ("converged", "not_converged"), r
+    assert r["symmetry_kept"] and r["sg_after"] == 221 and r["rank_in_formula"] == 1
+    assert r["relative_energy_per_atom"] == 0.0 and r["mlip_rank_in_formula"] == 1
+    # independent: a fresh GPAW single point on the refined cell, same settings, gives the row's energy
+    settings = {"ecut": 300.0, "kpts": {"density": 1.5, "gamma": True}}
+    refined = Structure.from_file(r["refined_cif"])
+    sp = gpaw_single_point(refined, workdir=home / "check_sp", **settings)
+    assert sp["energy_per_atom"] == pytest.approx(r["energy_per_atom"], abs=2e-3)
+    # E_f by hand against the cached GPAW references (Cs bcc, Pb fcc, I2 molecule), read back from the cache
+    refs = gpaw_elemental_references(["Cs", "Pb", "I"], home / "artifacts" / "gpaw_references", relax=True, **settings)
+    by_hand = (r["energy"] - sum(n * refs[e] for e, n in (("Cs", 1), ("Pb", 1), ("I", 3)))) / 5
+    assert r["formation_energy_per_atom"] == pytest.approx(by_hand, abs=1e-6) and by_hand < -0.5
+    # the loo_report now judges the lattice on the DFT cell
+    assert refined_run["report"].success
+    rep = _table(home, "SELECT * FROM loo_report WHERE target = ?").row(0, named=True)
+    assert rep["lattice_source"] == "dft" and rep["dft_engine"] == "gpaw"
+    a = refined.lattice.a
+    assert rep["dft_lattice_max_error"] == pytest.approx(abs(a - 6.36) / 6.36, abs=1e-3)
+    assert rep["ground_state_rank_source"] == "mlip"  # one refined gene of the formula: no DFT ranking

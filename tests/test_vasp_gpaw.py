@@ -215,3 +215,40 @@ def test_reference_states_are_documented_choices():
     assert np.linalg.norm(np.subtract(*iodine["positions"])) == pytest.approx(2.666)  # I2 bond length
     with pytest.raises(ValueError, match="Se"):
         gpaw_engine.reference_atoms("Se")
+
+
+# ---- the refinement stage's bookkeeping ------------------------------------------------------
+
+def test_refinement_scores_against_the_engines_references_and_ranks_within_a_formula():
+    from dft.refinement import score_refinements
+
+    refs = {"Sr": -1.5, "Ti": -7.0, "O": -4.5}
+    rows = [
+        {"formula": "SrTiO3", "engine": "gpaw", "energy_per_atom": -8.0},  # hand: (-40 - (-1.5 - 7 - 13.5)) / 5
+        {"formula": "SrTiO3", "engine": "gpaw", "energy_per_atom": -7.9},
+        {"formula": "Sr2TiO4", "engine": "gpaw", "energy_per_atom": -7.5},
+        {"formula": "SrTiSe3", "engine": "gpaw", "energy_per_atom": -5.0},  # no Se reference
+        {"formula": "SrTiO3", "engine": "gpaw", "energy_per_atom": None, "verdict": "failed"},
+    ]
+    out = score_refinements(rows, refs, "gpaw refs")
+    assert out[0]["formation_energy_per_atom"] == pytest.approx((-40 + 22) / 5)
+    assert out[2]["formation_energy_per_atom"] == pytest.approx((-52.5 - (-3 - 7 - 18)) / 7)
+    assert [r["rank_in_formula"] for r in out] == [1, 2, 1, 1, None]
+    assert out[1]["relative_energy_per_atom"] == pytest.approx(0.1) and out[0]["relative_energy_per_atom"] == 0
+    assert out[3]["formation_energy_per_atom"] is None and "Se" in out[3]["energy_note"]
+    assert out[4]["formation_energy_per_atom"] is None and out[4]["verdict"] == "failed"
+    unreferenced = score_refinements(rows[:2], None)
+    assert unreferenced[0]["formation_energy_per_atom"] is None and unreferenced[1]["rank_in_formula"] == 2
+
+
+def test_vasp_refinement_task_writes_inputs_without_a_command(tmp_path, monkeypatch, no_potcars):
+    from dft.refinement import refine_task
+
+    monkeypatch.delenv("VASP_COMMAND", raising=False)
+    silicon().to(filename=str(tmp_path / "si.cif"))
+    res = refine_task({"cif_path": str(tmp_path / "si.cif"), "engine": "vasp", "mode": "relax",
+                       "workdir": str(tmp_path / "run")})
+    assert res["verdict"] == "inputs_written" and "VASP_COMMAND" in res["reason"]
+    assert (tmp_path / "run" / "normal" / "INCAR").exists() and (tmp_path / "run" / "normal" / "POTCAR.spec").exists()
+    bad = refine_task({"cif_path": str(tmp_path / "si.cif"), "engine": "qe", "workdir": str(tmp_path / "x")})
+    assert bad["verdict"] == "failed" and "unknown engine" in bad["reason"]

@@ -58,6 +58,11 @@ def replace_partition(conn, table: str, target: str, df: pl.DataFrame) -> None:
         raise
 
 
+def table_exists(conn, table: str) -> bool:
+    """Whether ``table`` is in the warehouse yet (an optional stage may never have run)."""
+    return bool(conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0])
+
+
 def read_table(conn, sql: str, params=None) -> pl.DataFrame:
     return pl.from_arrow(conn.execute(sql, params or []).fetch_arrow_table())
 

@@ -9,21 +9,35 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from wycryst_assets import settings
+from wycryst_assets.assets.refinement import refined_structures
 from wycryst_assets.assets.structures import phonon_verdicts
 from wycryst_assets.partitions import current_registry, targets_partitions
 from wycryst_assets.plots import bar_chart_markdown, markdown_table, rounded_rows
-from wycryst_assets.warehouse import read_table, replace_partition
+from wycryst_assets.warehouse import read_table, replace_partition, table_exists
 
 SUN_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
     "formation_energy_per_atom": pl.Float64, "e_above_hull": pl.Float64, "symmetry_kept": pl.Boolean,
-    "phonon_verdict": pl.String, "min_frequency_thz": pl.Float64, "cif": pl.String,
+    "phonon_verdict": pl.String, "min_frequency_thz": pl.Float64, "dft_engine": pl.String, "dft_verdict": pl.String,
+    "dft_formation_energy_per_atom": pl.Float64, "cif": pl.String,
 }
 
 
 class SunReportConfig(dg.Config):
     max_e_above_hull: float = 0.1  # eV/atom: "stable" for S.U.N. (the phonon cascade's threshold too)
     require_phonon_stable: bool = False  # True: only phonon-stable candidates are listed
+
+
+DFT_DONE = ("converged", "not_converged", "single_point")
+
+
+def _refined(conn, key: str) -> pl.DataFrame:
+    schema = {"gene_key": pl.String, "dft_engine": pl.String, "dft_verdict": pl.String,
+              "dft_formation_energy_per_atom": pl.Float64}
+    if not table_exists(conn, "refined_structures"):
+        return pl.DataFrame(schema=schema)
+    return read_table(conn, "SELECT gene_key, engine AS dft_engine, verdict AS dft_verdict, formation_energy_per_atom "
+                      "AS dft_formation_energy_per_atom FROM refined_structures WHERE target = ?", [key]).cast(schema)
 
 
 def _count(conn, sql: str, key: str) -> int:
@@ -34,7 +48,7 @@ def _count(conn, sql: str, key: str) -> int:
     group_name="report",
     kinds={"duckdb", "csv"},
     partitions_def=targets_partitions,
-    deps=[phonon_verdicts],
+    deps=[phonon_verdicts, refined_structures],
     pool="duckdb_writer",
     code_version="1",
     description="Stable (E_hull <= threshold), unique (one per gene, StructureMatcher-deduplicated) and "
@@ -55,6 +69,7 @@ def sun_report(context: dg.AssetExecutionContext, config: SunReportConfig, wareh
         best = read_table(conn, "SELECT * FROM relaxed_structures WHERE target = ? AND best_trial", [key])
         phon = read_table(conn, "SELECT gene_key, verdict AS phonon_verdict, min_frequency_thz FROM phonon_verdicts "
                           "WHERE target = ?", [key])
+        dft = _refined(conn, key)
         funnel = [
             ("sampled genes", _count(conn, "SELECT count(*) FROM filtered_genes WHERE target = ?", key)),
             ("passed filters", _count(conn, "SELECT count(*) FROM filtered_genes WHERE target = ? AND passed", key)),
@@ -65,7 +80,7 @@ def sun_report(context: dg.AssetExecutionContext, config: SunReportConfig, wareh
             ("genes relaxed, SG kept", _count(conn, "SELECT count(*) FROM relaxed_structures "
                                               "WHERE target = ? AND best_trial AND symmetry_kept", key)),
         ]
-    cand = best.join(phon, on="gene_key", how="left").filter(pl.col("symmetry_kept"))
+    cand = best.join(phon, on="gene_key", how="left").join(dft, on="gene_key", how="left").filter(pl.col("symmetry_kept"))
     stable = cand.filter(pl.col("e_above_hull").is_not_null() & (pl.col("e_above_hull") <= thr))
     novel = stable.filter(pl.col("is_novel").fill_null(False))
     # unique: one per gene already; distinct genes relaxing to the same crystal collapse (lowest E_f kept)
@@ -80,7 +95,8 @@ def sun_report(context: dg.AssetExecutionContext, config: SunReportConfig, wareh
     phonon_stable = unique.filter(pl.col("phonon_verdict") == "stable")
     listed = phonon_stable if config.require_phonon_stable else unique
     funnel += [(f"E_hull <= {thr}", stable.height), ("novel", novel.height), ("unique", unique.height),
-               ("phonon-stable", phonon_stable.height)]
+               ("phonon-stable", phonon_stable.height),
+               ("DFT-refined (of the unique)", unique.filter(pl.col("dft_verdict").is_in(DFT_DONE)).height)]
 
     out_dir = settings.artifacts_dir() / "sun_report" / key
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -114,7 +130,8 @@ def sun_report(context: dg.AssetExecutionContext, config: SunReportConfig, wareh
             genes = read_table(conn, "SELECT formula, bool_or(passed) AS passed FROM filtered_genes WHERE target = ? "
                                "GROUP BY formula", [key])
         passed = dict(zip(genes["formula"], genes["passed"]))
-        verdicts = {r["formula"]: r for r in cand.iter_rows(named=True)}
+        # per formula the lowest-E_hull gene (the later row wins)
+        verdicts = {r["formula"]: r for r in cand.sort("e_above_hull", descending=True, nulls_last=False).iter_rows(named=True)}
         table = []
         for reduced, name in norm.items():
             r = verdicts.get(reduced)

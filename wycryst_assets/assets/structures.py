@@ -34,7 +34,7 @@ PHONON_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
     "trial": pl.Int32, "verdict": pl.String, "min_frequency_thz": pl.Float64, "where_min": pl.String,
     "reason": pl.String, "supercell": pl.String, "n_displacements": pl.Int32, "seconds": pl.Float64,
-    "cpu_seconds": pl.Float64, "band_png": pl.String,
+    "cpu_seconds": pl.Float64, "band_png": pl.String, "vasp_dfpt_dir": pl.String,
 }
 
 
@@ -223,6 +223,9 @@ class PhononVerdictsConfig(dg.Config):
     only_novel: bool = False
     max_structures: int = 10  # lowest E_hull first
     supercell_min_length: float = 10.0  # Angstrom
+    # the paper's DFPT inputs (precise settings, IBRION 8, same supercell) per computed structure,
+    # for the user's VASP cluster: artifacts/phonon_verdicts/<target>/vasp_dfpt/<task>/
+    write_vasp_dfpt: bool = True
 
 
 @dg.asset(
@@ -238,7 +241,7 @@ class PhononVerdictsConfig(dg.Config):
 def phonon_verdicts(context: dg.AssetExecutionContext, config: PhononVerdictsConfig,
                     warehouse: DuckDBResource, compute: ComputeResource):
     from dft.hpc import run_tasks
-    from dft.pipeline import gene_hash, phonon_task
+    from dft.pipeline import gene_hash, phonon_task, write_dfpt_inputs
     from ml.plots import png_markdown
 
     key = context.partition_key
@@ -264,11 +267,15 @@ def phonon_verdicts(context: dg.AssetExecutionContext, config: PhononVerdictsCon
     rows = []
     for tkey, res in results.items():
         r = by_task[tkey]
+        if config.write_vasp_dfpt and res.get("verdict") in ("stable", "unstable"):
+            res["vasp_dfpt_dir"] = write_dfpt_inputs(r["relaxed_cif"], str(base / "vasp_dfpt" / tkey),
+                                                     res.get("supercell_matrix"), config.supercell_min_length)
         rows.append({**_gene_columns(r), "target": key,
                      "verdict": res.get("verdict", "failed"), "min_frequency_thz": res.get("min_frequency_thz"),
                      "where_min": res.get("where"), "reason": res.get("reason"),
                      "supercell": json.dumps(res.get("supercell_matrix")), "n_displacements": res.get("n_displacements"),
-                     "seconds": res.get("seconds"), "cpu_seconds": res.get("cpu_seconds"), "band_png": res.get("band_png")})
+                     "seconds": res.get("seconds"), "cpu_seconds": res.get("cpu_seconds"), "band_png": res.get("band_png"),
+                     "vasp_dfpt_dir": res.get("vasp_dfpt_dir")})
     skipped = best.filter(~pl.col("gene_key").is_in(keep["gene_key"]))
     for r in skipped.iter_rows(named=True):
         rows.append({**_gene_columns(r), "target": key,

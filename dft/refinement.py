@@ -1,0 +1,158 @@
+"""DFT refinement of the MLIP's best candidates: GPAW here, VASP where a cluster has it.
+
+The cascade's last energy stage. The MLIP (CHGNet) relaxes every trial; the few structures that
+matter (a LOO partition's lowest-energy genes, a campaign's E_hull <= threshold candidates) are
+refined with PBE:
+
+* ``engine="gpaw"`` -- Debian's GPAW through :mod:`dft.gpaw_engine` (plane waves, 600 eV,
+  k-point density 3.5/Å⁻¹ by default). ``mode="relax"``: symmetry-kept relaxation of positions and
+  cell, in the primitive cell for centred lattices; ``mode="single_point"``: one PBE energy at the
+  MLIP geometry (the cheap step of the cascade for cells too large to relax here).
+* ``engine="vasp"`` -- the paper's ``normal`` input set; run through ``VASP_COMMAND`` when it is
+  set, else the inputs are written for the user's cluster and the row says ``inputs_written``.
+
+Energies: GPAW total energies are on GPAW's own scale. Formation energies use GPAW elemental
+references computed with the same settings (:func:`dft.gpaw_engine.gpaw_elemental_references`);
+an element without a buildable reference leaves E_f empty with the reason. MP's references,
+MP2020 corrections and the snapshot hull do not apply to them. What always applies: the energy
+per atom *relative to the lowest refined structure of the same composition* (references cancel),
+which is what decides a ground-state ranking.
+
+Task functions take and return JSON-serializable dicts (:func:`dft.hpc.run_tasks`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+ENGINES = ("gpaw", "vasp")
+MODES = ("relax", "single_point")
+VERDICTS = ("converged", "not_converged", "single_point", "inputs_written", "exploded", "failed")
+
+
+def _num(x):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+def refine_task(payload: dict) -> dict:
+    """Refine one relaxed CIF. payload: cif_path, engine, mode, workdir, out_cif, fmax, max_steps,
+    settings (GPAW worker settings), timeout_s, setting (VASP: normal/precise)."""
+    import time
+
+    from pymatgen.core import Structure
+
+    from dft.pipeline import lattice_dict
+    from dft.relax import RELAX_SYMPREC, relax_primitive, space_group_number
+
+    engine, mode = payload.get("engine", "gpaw"), payload.get("mode", "relax")
+    if engine not in ENGINES or mode not in MODES:
+        return {"verdict": "failed", "reason": f"unknown engine/mode {engine!r}/{mode!r}; valid: {ENGINES} x {MODES}"}
+    structure = Structure.from_file(payload["cif_path"])
+    workdir = Path(payload["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    fmax, max_steps = float(payload.get("fmax", 0.05)), int(payload.get("max_steps", 60))
+    settings = dict(payload.get("settings") or {})
+    timeout = payload.get("timeout_s")
+    sg_before = space_group_number(structure, RELAX_SYMPREC)
+    base = {"engine": engine, "mode": mode, "sg_before": sg_before, "n_atoms": len(structure), "workdir": str(workdir)}
+
+    if engine == "vasp":
+        return _vasp(structure, payload, workdir, fmax, max_steps, base)
+
+    from dft import gpaw_engine
+
+    if not gpaw_engine.gpaw_available():
+        return {**base, "verdict": "failed", "reason": f"GPAW not importable by {gpaw_engine.gpaw_python()}"}
+    if mode == "single_point":
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        wall0, cpu0 = time.perf_counter(), gpaw_engine._children_cpu_seconds()
+        try:
+            cell = SpacegroupAnalyzer(structure, symprec=RELAX_SYMPREC).find_primitive() or structure
+        except Exception:
+            cell = structure
+        try:
+            out = gpaw_engine.gpaw_single_point(cell, workdir=workdir, timeout_s=timeout, **settings)
+        except Exception as exc:
+            return {**base, "verdict": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:500]}",
+                    "seconds": round(time.perf_counter() - wall0, 2)}
+        return {**base, "verdict": "single_point", "reason": "", "energy_per_atom": _num(out["energy_per_atom"]),
+                "energy": _num(out["energy_per_atom"] * len(structure)), "max_force": _num(out["max_force"]),
+                "steps": 0, "sg_after": sg_before, "symmetry_kept": sg_before is not None,
+                "lattice": lattice_dict(structure), "refined_cif": payload["cif_path"],
+                "seconds": round(time.perf_counter() - wall0, 2),
+                "cpu_seconds": round(gpaw_engine._children_cpu_seconds() - cpu0, 2), "log": out["log"]}
+    relaxer = gpaw_engine.GPAWRelaxer(workdir, timeout_s=timeout, **settings)
+    r = relax_primitive(relaxer, structure, fmax=fmax, max_steps=max_steps)
+    return {**base, **_relax_fields(r, payload)}
+
+
+def _relax_fields(r, payload: dict) -> dict:
+    from dft.pipeline import lattice_dict
+
+    out = None
+    if r.structure is not None and payload.get("out_cif") and r.verdict in ("converged", "not_converged"):
+        Path(payload["out_cif"]).parent.mkdir(parents=True, exist_ok=True)
+        r.structure.to(filename=payload["out_cif"])
+        out = payload["out_cif"]
+    return {"verdict": r.verdict, "reason": r.reason, "energy": _num(r.energy),
+            "energy_per_atom": _num(r.energy / len(r.structure)) if r.structure is not None else None,
+            "max_force": _num(r.max_force), "steps": int(r.steps), "sg_before": r.sg_before, "sg_after": r.sg_after,
+            "symmetry_kept": bool(r.symmetry_kept), "n_atoms": len(r.structure) if r.structure is not None else None,
+            "lattice": lattice_dict(r.structure) if out else None, "refined_cif": out,
+            "seconds": round(r.seconds, 2), "cpu_seconds": round(r.cpu_seconds, 2)}
+
+
+def _vasp(structure, payload, workdir: Path, fmax, max_steps, base) -> dict:
+    from dft.vasp import VaspRelaxer, write_vasp_inputs
+
+    setting = payload.get("setting", "normal")
+    if not (payload.get("vasp_command") or os.environ.get("VASP_COMMAND")):
+        write_vasp_inputs(structure, workdir / setting, setting)
+        return {**base, "verdict": "inputs_written", "sg_after": None,
+                "reason": f"VASP_COMMAND not set: the paper's {setting} inputs are in {workdir / setting}"}
+    relaxer = VaspRelaxer(workdir / setting, setting=setting, command=payload.get("vasp_command"),
+                          timeout_s=payload.get("timeout_s"))
+    return {**base, **_relax_fields(relaxer.relax(structure, fmax=fmax, max_steps=max_steps), payload)}
+
+
+def score_refinements(rows: Iterable[dict], references: Mapping[str, float] | None,
+                      reference_note: str = "") -> list[dict]:
+    """Add ``formation_energy_per_atom`` (against ``references``: the engine's own elemental
+    energies per atom; None or a missing element -> empty with the reason in ``energy_note``),
+    ``relative_energy_per_atom`` (to the lowest refined energy of the same reduced formula) and
+    ``rank_in_formula`` (1 = lowest). Rows without an energy keep their verdict and get nulls."""
+    from pymatgen.core import Composition
+
+    rows = [dict(r) for r in rows]
+    lowest: dict[str, float] = {}
+    for r in rows:
+        e = r.get("energy_per_atom")
+        r.update(formation_energy_per_atom=None, relative_energy_per_atom=None, rank_in_formula=None,
+                 energy_note=r.get("energy_note") or "")
+        if e is None:
+            continue
+        comp = Composition(r["formula"])
+        r["_reduced"] = comp.reduced_formula
+        lowest[r["_reduced"]] = min(lowest.get(r["_reduced"], math.inf), e)
+        if references is None:
+            r["energy_note"] = "no elemental references for this engine"
+            continue
+        missing = sorted({el.symbol for el in comp.elements} - set(references))
+        if missing:
+            r["energy_note"] = f"no {r['engine']} elemental reference for {', '.join(missing)}"
+            continue
+        ref = sum(amount * references[el.symbol] for el, amount in comp.items()) / comp.num_atoms
+        r["formation_energy_per_atom"] = e - ref
+        r["energy_note"] = reference_note
+    for reduced in lowest:
+        group = sorted((r for r in rows if r.get("_reduced") == reduced), key=lambda r: r["energy_per_atom"])
+        for i, r in enumerate(group, start=1):
+            r["relative_energy_per_atom"] = r["energy_per_atom"] - lowest[reduced]
+            r["rank_in_formula"] = i
+    for r in rows:
+        r.pop("_reduced", None)
+    return rows
