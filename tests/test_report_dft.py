@@ -1,0 +1,45 @@
+"""loo_report's use of the DFT refinement: DFT decides the ground-state rank only where it refined
+the held-out gene and at least one rival of the same formula."""
+
+import polars as pl
+
+from ml.targets import parse_target
+from wycryst_assets.assets.report import LooReportConfig, _apply_dft
+
+
+def _target(targets, key):
+    return parse_target(next(t for t in targets if t["partition"] == key))
+
+
+def _refined(rows):
+    return pl.DataFrame([{"engine": "gpaw", "mode": "single_point", "verdict": "single_point", "refined_cif": None,
+                          **r} for r in rows])
+
+
+def test_dft_rank_replaces_the_mlip_rank_with_a_rival_refined(targets):
+    target = _target(targets, "CaTiO3-62")
+    keys = sorted(target.gene_keys())
+    refined = _refined([
+        {"gene_key": keys[0], "formula": "CaTiO3", "rank_in_formula": 1, "relative_energy_per_atom": 0.0},
+        {"gene_key": "rival", "formula": "CaTiO3", "rank_in_formula": 2, "relative_energy_per_atom": 0.012},
+        {"gene_key": "other", "formula": "Ca2TiO4", "rank_in_formula": 1, "relative_energy_per_atom": 0.0},
+    ])
+    row = {"ground_state_rank": 2, "ground_state_rank_source": "mlip", "lattice_source": "mlip"}
+    _apply_dft(row, refined, keys, target, LooReportConfig())
+    assert row["ground_state_rank"] == 1 and row["ground_state_rank_source"] == "dft"
+    assert row["dft_genes_of_formula"] == 2 and row["dft_ground_state_rank"] == 1
+    assert row["lattice_source"] == "mlip"  # a single point does not move the cell
+
+
+def test_a_lone_refined_gene_leaves_the_mlip_rank(targets):
+    target = _target(targets, "CaTiO3-62")
+    keys = sorted(target.gene_keys())
+    row = {"ground_state_rank": 2, "ground_state_rank_source": "mlip"}
+    _apply_dft(row, _refined([{"gene_key": keys[0], "formula": "CaTiO3", "rank_in_formula": 1,
+                               "relative_energy_per_atom": 0.0}]), keys, target, LooReportConfig())
+    assert row["ground_state_rank"] == 2 and row["ground_state_rank_source"] == "mlip"
+    assert row["dft_ground_state_rank"] == 1 and row["dft_genes_of_formula"] == 1
+    untouched = {"ground_state_rank": 3}
+    _apply_dft(untouched, _refined([{"gene_key": "rival", "formula": "CaTiO3", "rank_in_formula": 1,
+                                     "relative_energy_per_atom": 0.0}]), keys, target, LooReportConfig())
+    assert untouched == {"ground_state_rank": 3}  # the held-out gene was not refined
