@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--reuse-model", action="store_true")
     ap.add_argument("--max-e-above-hull", type=float, default=0.1)
+    ap.add_argument("--phonon-max-structures", type=int, default=60)
     ap.add_argument("--refine-max-structures", type=int, default=3, help="GPAW refinements (0: skip the stage)")
     ap.add_argument("--from-stage", default="pvae_model", help="skip the stages before this one (already materialized)")
     args = ap.parse_args()
@@ -54,7 +55,7 @@ def main() -> None:
         ("filtered_genes", {}),
         ("trial_structures", {"max_genes": args.max_genes}),
         ("relaxed_structures", {}),
-        ("phonon_verdicts", {"max_e_above_hull": args.max_e_above_hull, "max_structures": 30}),
+        ("phonon_verdicts", {"max_e_above_hull": args.max_e_above_hull, "max_structures": args.phonon_max_structures}),
         ("refined_structures", {"max_e_above_hull": args.max_e_above_hull, "max_structures": args.refine_max_structures}),
         ("sun_report", {"max_e_above_hull": args.max_e_above_hull}),
     ]
