@@ -343,3 +343,23 @@ def funnel(filtered: pl.DataFrame) -> list[dict]:
         out.append({"stage": stage, "rule": rule, "remaining": remaining, "removed": previous - remaining})
         previous = remaining
     return out
+
+
+RANKINGS = ("hits", "space_group_round_robin")
+
+
+def rank_genes(genes: pl.DataFrame, ranking: str = "hits") -> pl.DataFrame:
+    """Passed genes in the order they get trial structures (``space_group``, ``hits``,
+    ``gene_key`` columns): ``hits`` -- most-sampled first; ``space_group_round_robin`` -- the
+    most-hit gene of every space group first (space groups by their best gene's hits), then each
+    group's second, and so on. Ties break on ``gene_key``, so the order is reproducible."""
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; valid: {', '.join(RANKINGS)}")
+    ordered = genes.sort(["hits", "gene_key"], descending=[True, False])
+    if ranking == "hits":
+        return ordered
+    ordered = ordered.with_columns(
+        pl.int_range(pl.len()).over("space_group").alias("_round"),
+        pl.col("hits").max().over("space_group").alias("_group_best"))
+    return ordered.sort(["_round", "_group_best", "space_group", "hits", "gene_key"],
+                        descending=[False, True, False, True, False]).drop("_round", "_group_best")

@@ -315,3 +315,15 @@ def test_ml_modules_do_not_import_dagster():
     code = ("import sys, ml.filters, ml.synthesizability; "
             "bad = [m for m in sys.modules if m.split('.')[0].startswith('dagster')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_gene_ranking_by_hits_and_space_group_round_robin():
+    from ml.filters import rank_genes
+
+    genes = pl.DataFrame({"gene_key": list("abcdef"), "space_group": [62, 62, 62, 221, 160, 221],
+                          "hits": [900, 500, 400, 700, 100, 50]})
+    assert rank_genes(genes, "hits")["gene_key"].to_list() == ["a", "d", "b", "c", "e", "f"]
+    # round 1: the best of each SG (62: a 900, 221: d 700, 160: e 100); round 2: b (62), f (221); round 3: c
+    assert rank_genes(genes, "space_group_round_robin")["gene_key"].to_list() == ["a", "d", "e", "b", "f", "c"]
+    with pytest.raises(ValueError, match="unknown ranking"):
+        rank_genes(genes, "random")
