@@ -30,13 +30,17 @@ class ComputeResource(dg.ConfigurableResource):
     gpus_per_task: int = 0
     account: str = ""
 
-    def config(self, folder):
+    def config(self, folder, **overrides):
+        """The executor settings; ``overrides`` (e.g. ``chunk_size=1`` and a longer
+        ``time_minutes`` for DFT, where one task is minutes to hours) win over the resource's."""
         from dft.hpc import ComputeConfig
 
-        return ComputeConfig(mode=self.mode, max_workers=self.max_workers or None, chunk_size=self.chunk_size,
-                             max_resubmits=self.max_resubmits, slurm_partition=self.slurm_partition,
-                             time_minutes=self.time_minutes, cpus_per_task=self.cpus_per_task,
-                             gpus_per_task=self.gpus_per_task, account=self.account or None, folder=folder)
+        settings = dict(mode=self.mode, max_workers=self.max_workers or None, chunk_size=self.chunk_size,
+                        max_resubmits=self.max_resubmits, slurm_partition=self.slurm_partition,
+                        time_minutes=self.time_minutes, cpus_per_task=self.cpus_per_task,
+                        gpus_per_task=self.gpus_per_task, account=self.account or None, folder=folder)
+        settings.update(overrides)
+        return ComputeConfig(**settings)
 
 
 def compute_resource() -> ComputeResource:

@@ -114,7 +114,10 @@ def refined_structures(context: dg.AssetExecutionContext, config: RefinedStructu
                 for r in best.filter(~pl.col("gene_key").is_in(keep["gene_key"])).iter_rows(named=True)]
     context.log.info(f"{key}: {config.engine} refinement of {len(tasks)} of {best.height} relaxed genes "
                      f"({', '.join(t['mode'] for t in tasks.values())})")
-    results = run_tasks(refine_task, tasks, compute.config(base / "submitit"), base / "results", log=context.log.info)
+    # one DFT task per worker / Slurm job, with the task's own time limit
+    executor = compute.config(base / "submitit", chunk_size=1,
+                              time_minutes=max(compute.time_minutes, config.timeout_s // 60 + 10))
+    results = run_tasks(refine_task, tasks, executor, base / "results", log=context.log.info)
 
     rows = []
     for tkey, res in results.items():
