@@ -345,14 +345,18 @@ def funnel(filtered: pl.DataFrame) -> list[dict]:
     return out
 
 
-RANKINGS = ("hits", "space_group_round_robin")
+RANKINGS = ("hits", "space_group_round_robin", "hits_then_space_groups")
 
 
-def rank_genes(genes: pl.DataFrame, ranking: str = "hits") -> pl.DataFrame:
+def rank_genes(genes: pl.DataFrame, ranking: str = "hits", budget: int | None = None) -> pl.DataFrame:
     """Passed genes in the order they get trial structures (``space_group``, ``hits``,
-    ``gene_key`` columns): ``hits`` -- most-sampled first; ``space_group_round_robin`` -- the
-    most-hit gene of every space group first (space groups by their best gene's hits), then each
-    group's second, and so on. Ties break on ``gene_key``, so the order is reproducible."""
+    ``gene_key`` columns). Ties break on ``gene_key``, so the order is reproducible.
+
+    ``hits``: most-sampled first. ``space_group_round_robin``: the most-hit gene of every space
+    group first (groups by their best gene's hits), then each group's second, and so on.
+    ``hits_then_space_groups``: the first half of ``budget`` by hits (a strong rival in the
+    favourite space group, e.g. a second Pnma configuration, stays in), then the best gene of each
+    space group not yet covered, then the rest by hits."""
     if ranking not in RANKINGS:
         raise ValueError(f"unknown ranking {ranking!r}; valid: {', '.join(RANKINGS)}")
     ordered = genes.sort(["hits", "gene_key"], descending=[True, False])
@@ -361,5 +365,12 @@ def rank_genes(genes: pl.DataFrame, ranking: str = "hits") -> pl.DataFrame:
     ordered = ordered.with_columns(
         pl.int_range(pl.len()).over("space_group").alias("_round"),
         pl.col("hits").max().over("space_group").alias("_group_best"))
-    return ordered.sort(["_round", "_group_best", "space_group", "hits", "gene_key"],
-                        descending=[False, True, False, True, False]).drop("_round", "_group_best")
+    if ranking == "space_group_round_robin":
+        return ordered.sort(["_round", "_group_best", "space_group", "hits", "gene_key"],
+                            descending=[False, True, False, True, False]).drop("_round", "_group_best")
+    head = ordered.head(max(0, (budget or 0) // 2))
+    rest = ordered.slice(head.height)
+    covered = head["space_group"].unique()
+    firsts = rest.filter(~pl.col("space_group").is_in(covered) & (pl.col("_round") == 0))
+    others = rest.filter(~pl.col("gene_key").is_in(firsts["gene_key"]))
+    return pl.concat([head, firsts, others]).drop("_round", "_group_best")

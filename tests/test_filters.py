@@ -325,5 +325,7 @@ def test_gene_ranking_by_hits_and_space_group_round_robin():
     assert rank_genes(genes, "hits")["gene_key"].to_list() == ["a", "d", "b", "c", "e", "f"]
     # round 1: the best of each SG (62: a 900, 221: d 700, 160: e 100); round 2: b (62), f (221); round 3: c
     assert rank_genes(genes, "space_group_round_robin")["gene_key"].to_list() == ["a", "d", "e", "b", "f", "c"]
+    # budget 4: two by hits (a, d: SGs 62 and 221), then the uncovered SG 160 (e), then by hits
+    assert rank_genes(genes, "hits_then_space_groups", budget=4)["gene_key"].to_list() == ["a", "d", "e", "b", "c", "f"]
     with pytest.raises(ValueError, match="unknown ranking"):
         rank_genes(genes, "random")
