@@ -43,3 +43,29 @@ def test_a_lone_refined_gene_leaves_the_mlip_rank(targets):
     _apply_dft(untouched, _refined([{"gene_key": "rival", "formula": "CaTiO3", "rank_in_formula": 1,
                                      "relative_energy_per_atom": 0.0}]), keys, target, LooReportConfig())
     assert untouched == {"ground_state_rank": 3}  # the held-out gene was not refined
+
+
+def test_refinement_takes_one_of_two_genes_that_relaxed_to_the_same_crystal(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    from wycryst_assets.assets.refinement import _same_crystal
+
+    cubic = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"],
+                      [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]])
+    paths = {}
+    for name, s in (("a", cubic), ("b", cubic.make_supercell([1, 1, 2], in_place=False)),  # same crystal, other cell
+                    # the origin moved by (1/2,1/2,1/2): Sr 1b, Ti 1a, O 3d -- the same perovskite
+                    ("shifted", Structure(Lattice.cubic(3.9), cubic.species, [[.5, .5, .5], [0, 0, 0], [0, 0, .5],
+                                                                             [0, .5, 0], [.5, 0, 0]])),
+                    # Sr 1b, Ti 1a, O 3c: Ti twelve-fold coordinated -- another crystal
+                    ("other", Structure(Lattice.cubic(3.9), cubic.species, [[.5, .5, .5], [0, 0, 0], [0, .5, .5],
+                                                                           [.5, 0, .5], [.5, .5, 0]]))):
+        paths[name] = str(tmp_path / f"{name}.cif")
+        s.to(filename=paths[name])
+    chosen = []
+    row = lambda k, w: {"formula": "SrTiO3", "space_group": 221, "wyckoff": w, "relaxed_cif": paths[k]}  # noqa: E731
+    assert _same_crystal(row("a", "Sr1a"), chosen) is None and len(chosen) == 1
+    assert _same_crystal(row("b", "Sr1a-supercell"), chosen) == "SrTiO3 SG 221 Sr1a"
+    assert _same_crystal(row("shifted", "Sr1b-3d"), chosen) == "SrTiO3 SG 221 Sr1a"
+    assert len(chosen) == 1
+    assert _same_crystal(row("other", "Sr1b-3c"), chosen) is None and len(chosen) == 2

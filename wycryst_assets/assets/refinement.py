@@ -55,6 +55,20 @@ def _primitive_atoms(cif: str) -> int:
         return len(s)
 
 
+def _same_crystal(row: dict, chosen: list) -> str | None:
+    """The label of an already chosen candidate that ``row``'s relaxed structure matches, else None
+    (``row`` is then appended to ``chosen``)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+
+    structure = Structure.from_file(row["relaxed_cif"])
+    for formula, other, label in chosen:
+        if formula == row["formula"] and StructureMatcher().fit(structure, other):
+            return label
+    chosen.append((row["formula"], structure, f"{row['formula']} SG {row['space_group']} {row['wyckoff']}"))
+    return None
+
+
 def _rank_in_formula(df: pl.DataFrame, column: str) -> dict[str, int]:
     out = {}
     for _, group in df.filter(pl.col(column).is_not_null()).group_by("formula"):
@@ -94,9 +108,14 @@ def refined_structures(context: dg.AssetExecutionContext, config: RefinedStructu
     settings_json = {"ecut": config.ecut, "kpts": {"density": config.kpts_density, "gamma": True}}
     base = settings.artifacts_dir() / "refined_structures" / key
     tasks, by_task, skipped = {}, {}, []
+    chosen = []  # (formula, structure, label) of the candidates already taken
     for row in keep.iter_rows(named=True):
         if len(tasks) >= config.max_structures:
             skipped.append((row, f"beyond max_structures {config.max_structures}"))
+            continue
+        same = _same_crystal(row, chosen)
+        if same:  # two genes that relaxed to one crystal (e.g. a P2_1/c gene into a Pnma one): refine it once
+            skipped.append((row, f"same crystal as {same} (StructureMatcher)"))
             continue
         n_prim = _primitive_atoms(row["relaxed_cif"])
         if n_prim > config.max_atoms:
