@@ -119,6 +119,23 @@ def _vasp(structure, payload, workdir: Path, fmax, max_steps, base) -> dict:
     return {**base, **_relax_fields(relaxer.relax(structure, fmax=fmax, max_steps=max_steps), payload)}
 
 
+def references_task(payload: dict) -> dict:
+    """GPAW elemental references (payload: elements, cache_dir, settings, timeout_s) as a task, so
+    that on a cluster they run on a compute node like the refinements; cached per settings by
+    :func:`dft.gpaw_engine.gpaw_elemental_references`. Returns {"references": {el: eV/atom},
+    "missing": [elements without a buildable reference]}."""
+    import warnings
+
+    from dft.gpaw_engine import gpaw_elemental_references
+
+    elements = sorted(payload["elements"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        refs = gpaw_elemental_references(elements, payload["cache_dir"], relax=True,
+                                         timeout_s=payload.get("timeout_s"), **(payload.get("settings") or {}))
+    return {"references": refs, "missing": [e for e in elements if e not in refs]}
+
+
 def score_refinements(rows: Iterable[dict], references: Mapping[str, float] | None,
                       reference_note: str = "") -> list[dict]:
     """Add ``formation_energy_per_atom`` (against ``references``: the engine's own elemental

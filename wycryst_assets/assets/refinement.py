@@ -146,7 +146,7 @@ def refined_structures(context: dg.AssetExecutionContext, config: RefinedStructu
                      "mlip_formation_energy_per_atom": r["formation_energy_per_atom"],
                      "mlip_e_above_hull": r["e_above_hull"], "mlip_rank_in_formula": mlip_rank.get(r["gene_key"]),
                      "mlip_lattice": r["lattice"]})
-    references, note = _references(context, config, rows, settings_json)
+    references, note = _references(context, config, rows, settings_json, executor)
     rows = score_refinements(rows, references, note)
     for row, why in skipped:
         rows.append({**_gene_columns(row), "target": key, "engine": config.engine, "verdict": "skipped",
@@ -177,9 +177,15 @@ def refined_structures(context: dg.AssetExecutionContext, config: RefinedStructu
     })
 
 
-def _references(context, config: RefinedStructuresConfig, rows: list[dict], settings_json: dict):
-    """The engine's own elemental references for the refined compositions (cached per settings)."""
+def _references(context, config: RefinedStructuresConfig, rows: list[dict], settings_json: dict, executor):
+    """The engine's own elemental references for the refined compositions, computed as one task
+    through the compute executor (a Slurm job on a cluster) and cached per settings."""
+    import hashlib
+
     from pymatgen.core import Composition
+
+    from dft.hpc import run_tasks
+    from dft.refinement import references_task
 
     if config.engine != "gpaw":
         return None, "VASP energies: pair them with VASP elemental references on the cluster"
@@ -187,13 +193,12 @@ def _references(context, config: RefinedStructuresConfig, rows: list[dict], sett
                        for el in Composition(r["formula"]).elements})
     if not elements:
         return {}, ""
-    from dft.gpaw_engine import gpaw_elemental_references
-
     cache = settings.artifacts_dir() / "gpaw_references"
     context.log.info(f"GPAW elemental references for {', '.join(elements)} (cached in {cache})")
-    try:
-        refs = gpaw_elemental_references(elements, cache, relax=True, timeout_s=config.timeout_s, **settings_json)
-    except Exception as exc:  # the compounds' energies still stand; E_f stays empty with the reason
-        context.log.warning(f"GPAW references failed: {exc}")
-        return None, f"references failed: {type(exc).__name__}: {str(exc)[:300]}"
-    return refs, f"GPAW references, same settings, cached in {cache}"
+    key = "refs-" + hashlib.sha1(json.dumps([elements, settings_json], sort_keys=True).encode()).hexdigest()[:12]
+    payload = {"elements": elements, "cache_dir": str(cache), "settings": settings_json, "timeout_s": config.timeout_s}
+    result = run_tasks(references_task, {key: payload}, executor, cache / "results", log=context.log.info)[key]
+    if "references" not in result:  # the compounds' energies still stand; E_f stays empty with the reason
+        context.log.warning(f"GPAW references failed: {result}")
+        return None, f"references failed: {str(result.get('reason', result))[:300]}"
+    return result["references"], f"GPAW references, same settings, cached in {cache}"
