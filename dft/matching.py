@@ -58,3 +58,23 @@ def compare_lattice(structure, reference: dict, which: str, *, tolerance: float 
     return LatticeComparison(setting, {k: round(v, 4) for k, v in relaxed.items()},
                              ref, worst, {k: round(v, 4) for k, v in errors.items()},
                              bool(errors) and worst <= tolerance)
+
+
+def crystal_ranks(structures) -> list[int]:
+    """Energy ranks counted over distinct crystals: ``structures`` sorted by energy (lowest
+    first); a structure that ``StructureMatcher`` (pymatgen defaults) matches to a lower one
+    shares that one's rank. Two genes that relax to one crystal -- an equivalent Wyckoff
+    configuration, or a subgroup gene that relaxed into its supergroup's minimum -- are one
+    candidate for a ground-state question, not two."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher()
+    crystals: list = []  # (representative, rank)
+    ranks = []
+    for s in structures:
+        rank = next((r for rep, r in crystals if matcher.fit(rep, s)), None)
+        if rank is None:
+            rank = len(crystals) + 1
+            crystals.append((s, rank))
+        ranks.append(rank)
+    return ranks

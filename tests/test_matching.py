@@ -38,3 +38,21 @@ def test_cubic_and_rhombohedral_settings():
     r = compare_lattice(rhombo, {"a": 4.0, "alpha": 89.8}, "lattice_experimental_rhombohedral")
     assert r.setting == "rhombohedral"
     assert r.errors["a"] == pytest.approx(0.05 / 4.0, abs=1e-3) and r.errors["alpha"] == pytest.approx(0.2 / 89.8, abs=1e-3)
+
+
+def test_energy_ranks_count_distinct_crystals():
+    from pymatgen.core import Lattice, Structure
+
+    from dft.matching import crystal_ranks
+
+    def perovskite(a, o_sites):
+        return Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"], [[0, 0, 0], [.5, .5, .5], *o_sites])
+
+    faces = [[.5, .5, 0], [.5, 0, .5], [0, .5, .5]]  # TiO6 octahedra: the perovskite
+    edges = [[.5, 0, 0], [0, .5, 0], [0, 0, .5]]  # O on edge centres: another crystal
+    lowest, same_again, other = perovskite(3.90, faces), perovskite(3.90, faces).make_supercell([1, 1, 2]), \
+        perovskite(3.95, edges)
+    # sorted by energy: the perovskite, the same crystal from a second gene, the other crystal
+    assert crystal_ranks([lowest, same_again, other]) == [1, 1, 2]
+    assert crystal_ranks([other, lowest, same_again]) == [1, 2, 2]
+    assert crystal_ranks([]) == []

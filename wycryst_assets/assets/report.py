@@ -18,6 +18,7 @@ REPORT_SCHEMA = {
     "relaxed": pl.Boolean, "sg_kept": pl.Boolean, "lattice_within_tolerance": pl.Boolean,
     "lattice_max_error": pl.Float64, "lattice_reference": pl.String, "relaxed_lattice": pl.String,
     "reference_lattice": pl.String, "ground_state_rank": pl.Int32, "genes_of_formula_relaxed": pl.Int32,
+    "crystals_of_formula_relaxed": pl.Int32,
     "formation_energy_per_atom": pl.Float64, "e_above_hull": pl.Float64, "why_not": pl.String,
     "dft_engine": pl.String, "dft_genes_of_formula": pl.Int32, "dft_ground_state_rank": pl.Int32,
     "dft_relative_energy_per_atom": pl.Float64, "dft_lattice_max_error": pl.Float64, "dft_relaxed_lattice": pl.String,
@@ -44,7 +45,7 @@ class LooReportConfig(dg.Config):
 def loo_report(context: dg.AssetExecutionContext, config: LooReportConfig, warehouse: DuckDBResource):
     from pymatgen.core import Structure
 
-    from dft.matching import compare_lattice
+    from dft.matching import compare_lattice, crystal_ranks
 
     key = context.partition_key
     target = current_registry().get(key)
@@ -76,8 +77,11 @@ def loo_report(context: dg.AssetExecutionContext, config: LooReportConfig, wareh
                               & pl.col("formation_energy_per_atom").is_not_null())
         same = same.sort("formation_energy_per_atom")
         row["genes_of_formula_relaxed"] = same.height
-        ranks = [i + 1 for i, g in enumerate(same["gene_key"].to_list()) if g in keys]
+        # ranked over distinct crystals: genes that relaxed to one crystal share a rank
+        crystal_rank = crystal_ranks([Structure.from_file(p) for p in same["relaxed_cif"].to_list()])
+        ranks = [r for g, r in zip(same["gene_key"].to_list(), crystal_rank) if g in keys]
         row["ground_state_rank"] = ranks[0] if ranks else None
+        row["crystals_of_formula_relaxed"] = max(crystal_rank, default=0)
         row.update(ground_state_rank_source="mlip", lattice_source="mlip")
         _apply_dft(row, refined, keys, target, config)
     for name, label in (("sampled", "not sampled"), ("passed", "filtered out"), ("relaxed", "not relaxed"),
