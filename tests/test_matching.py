@@ -56,3 +56,26 @@ def test_energy_ranks_count_distinct_crystals():
     assert crystal_ranks([lowest, same_again, other]) == [1, 1, 2]
     assert crystal_ranks([other, lowest, same_again]) == [1, 2, 2]
     assert crystal_ranks([]) == []
+
+
+def test_a_small_polar_distortion_is_another_crystal_and_energies_must_agree():
+    """Cubic vs rhombohedral BaTiO3-like cells (Ti off-centre by 0.12 A along [111], 0.3 degree
+    shear): geometry alone matches them even at tight tolerances; the relaxed energies (13 meV/atom
+    apart) are what keep them two crystals."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+
+    from dft.matching import crystal_ranks, same_crystal
+
+    sites = [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]]
+    cubic = Structure(Lattice.cubic(4.0), ["Ba", "Ti", "O", "O", "O"], sites)
+    shift = 0.12 / 4.0 / 3 ** 0.5
+    rhombo = Structure(Lattice.from_parameters(4.0, 4.0, 4.0, 89.7, 89.7, 89.7), ["Ba", "Ti", "O", "O", "O"],
+                       [sites[0], [.5 + shift] * 3, *sites[2:]])
+    assert StructureMatcher().fit(cubic, rhombo)  # the library default: "the same"
+    assert same_crystal(cubic, rhombo)  # geometry only
+    assert not same_crystal(cubic, rhombo, -8.403, -8.416)
+    assert same_crystal(cubic, rhombo, -8.4162, -8.4160)  # one minimum reached twice
+    assert same_crystal(cubic, cubic.make_supercell([2, 1, 1], in_place=False))
+    assert not same_crystal(cubic, cubic.copy(), -8.416, -8.403)  # equal cells, 13 meV/atom apart: not one minimum
+    assert crystal_ranks([rhombo, cubic], [-8.416, -8.403]) == [1, 2]

@@ -56,16 +56,18 @@ def _primitive_atoms(cif: str) -> int:
 
 
 def _same_crystal(row: dict, chosen: list) -> str | None:
-    """The label of an already chosen candidate that ``row``'s relaxed structure matches, else None
-    (``row`` is then appended to ``chosen``)."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
+    """The label of an already chosen candidate that ``row``'s relaxed structure is the same
+    crystal as (:func:`dft.matching.same_crystal`), else None (``row`` is then appended)."""
     from pymatgen.core import Structure
 
+    from dft.matching import same_crystal
+
     structure = Structure.from_file(row["relaxed_cif"])
-    for formula, other, label in chosen:
-        if formula == row["formula"] and StructureMatcher().fit(structure, other):
+    energy = row.get("energy_per_atom")
+    for formula, other, other_energy, label in chosen:
+        if formula == row["formula"] and same_crystal(structure, other, energy, other_energy):
             return label
-    chosen.append((row["formula"], structure, f"{row['formula']} SG {row['space_group']} {row['wyckoff']}"))
+    chosen.append((row["formula"], structure, energy, f"{row['formula']} SG {row['space_group']} {row['wyckoff']}"))
     return None
 
 

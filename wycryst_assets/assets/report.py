@@ -78,7 +78,8 @@ def loo_report(context: dg.AssetExecutionContext, config: LooReportConfig, wareh
         same = same.sort("formation_energy_per_atom")
         row["genes_of_formula_relaxed"] = same.height
         # ranked over distinct crystals: genes that relaxed to one crystal share a rank
-        crystal_rank = crystal_ranks([Structure.from_file(p) for p in same["relaxed_cif"].to_list()])
+        crystal_rank = crystal_ranks([Structure.from_file(p) for p in same["relaxed_cif"].to_list()],
+                                     same["energy_per_atom"].to_list())
         ranks = [r for g, r in zip(same["gene_key"].to_list(), crystal_rank) if g in keys]
         row["ground_state_rank"] = ranks[0] if ranks else None
         row["crystals_of_formula_relaxed"] = max(crystal_rank, default=0)
