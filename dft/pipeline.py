@@ -62,6 +62,28 @@ def build_gene_trials(gene: dict, *, seed: int, out_dir: Path, max_attempts: int
     return rows
 
 
+def finite_or_none(x):
+    """A float for JSON, or None for a missing / non-finite number."""
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+def write_structure(structure, path) -> str:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    structure.to(filename=str(path))
+    return str(path)
+
+
+def relax_result_fields(r) -> dict:
+    """The JSON fields of a :class:`dft.relax.RelaxResult` that relax and refine tasks share."""
+    return {
+        "verdict": r.verdict, "reason": r.reason, "energy": finite_or_none(r.energy),
+        "energy_per_atom": finite_or_none(r.energy_per_atom), "max_force": finite_or_none(r.max_force),
+        "steps": int(r.steps), "sg_before": r.sg_before, "sg_after": r.sg_after, "symmetry_kept": bool(r.symmetry_kept),
+        "n_atoms": len(r.structure) if r.structure is not None else None,
+        "lattice": lattice_dict(r.structure) if r.structure is not None else None,
+    }
+
+
 def relax_task(payload: dict) -> dict:
     """Relax one trial CIF (payload: cif_path, relaxer, fmax, max_steps, out_cif, primitive) ->
     result dict. ``primitive`` (default True): centred cells are relaxed in their primitive cell
@@ -77,23 +99,9 @@ def relax_task(payload: dict) -> dict:
         r = relax_primitive(relaxer, structure, **kwargs)
     else:
         r = relaxer.relax(structure, **kwargs)
-    out = None
-    if r.structure is not None and payload.get("out_cif"):
-        Path(payload["out_cif"]).parent.mkdir(parents=True, exist_ok=True)
-        r.structure.to(filename=payload["out_cif"])
-        out = payload["out_cif"]
-
-    def num(x):
-        return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
-
-    return {
-        "verdict": r.verdict, "reason": r.reason, "energy": num(r.energy), "energy_per_atom": num(r.energy_per_atom),
-        "max_force": num(r.max_force), "steps": int(r.steps), "converged": bool(r.converged),
-        "sg_before": r.sg_before, "sg_after": r.sg_after, "symmetry_kept": bool(r.symmetry_kept),
-        "seconds": round(r.seconds, 3), "cpu_seconds": round(r.cpu_seconds, 3), "relaxer": r.relaxer,
-        "relaxed_cif": out, "lattice": lattice_dict(r.structure) if r.structure is not None else None,
-        "n_atoms": len(r.structure) if r.structure is not None else None,
-    }
+    out = write_structure(r.structure, payload["out_cif"]) if r.structure is not None and payload.get("out_cif") else None
+    return {**relax_result_fields(r), "converged": bool(r.converged), "seconds": round(r.seconds, 3),
+            "cpu_seconds": round(r.cpu_seconds, 3), "relaxer": r.relaxer, "relaxed_cif": out}
 
 
 # Which energies a relaxer returns. CHGNet 0.3.0 is fitted to MPtrj energies with MP2020

@@ -31,10 +31,7 @@ from pathlib import Path
 ENGINES = ("gpaw", "vasp")
 MODES = ("relax", "single_point")
 VERDICTS = ("converged", "not_converged", "single_point", "inputs_written", "exploded", "failed")
-
-
-def _num(x):
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+ENERGY_VERDICTS = ("converged", "not_converged", "single_point")  # rows that carry a DFT energy
 
 
 def refine_task(payload: dict) -> dict:
@@ -44,8 +41,8 @@ def refine_task(payload: dict) -> dict:
 
     from pymatgen.core import Structure
 
-    from dft.pipeline import lattice_dict
-    from dft.relax import RELAX_SYMPREC, relax_primitive, space_group_number
+    from dft.pipeline import finite_or_none, lattice_dict
+    from dft.relax import RELAX_SYMPREC, primitive_cell, relax_primitive, space_group_number
 
     engine, mode = payload.get("engine", "gpaw"), payload.get("mode", "relax")
     if engine not in ENGINES or mode not in MODES:
@@ -67,20 +64,16 @@ def refine_task(payload: dict) -> dict:
     if not gpaw_engine.gpaw_available():
         return {**base, "verdict": "failed", "reason": f"GPAW not importable by {gpaw_engine.gpaw_python()}"}
     if mode == "single_point":
-        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
         wall0, cpu0 = time.perf_counter(), gpaw_engine._children_cpu_seconds()
         try:
-            cell = SpacegroupAnalyzer(structure, symprec=RELAX_SYMPREC).find_primitive() or structure
-        except Exception:
-            cell = structure
-        try:
-            out = gpaw_engine.gpaw_single_point(cell, workdir=workdir, timeout_s=timeout, **settings)
+            out = gpaw_engine.gpaw_single_point(primitive_cell(structure), workdir=workdir, timeout_s=timeout,
+                                                **settings)
         except Exception as exc:
             return {**base, "verdict": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:500]}",
                     "seconds": round(time.perf_counter() - wall0, 2)}
-        return {**base, "verdict": "single_point", "reason": "", "energy_per_atom": _num(out["energy_per_atom"]),
-                "energy": _num(out["energy_per_atom"] * len(structure)), "max_force": _num(out["max_force"]),
+        return {**base, "verdict": "single_point", "reason": "", "energy_per_atom": finite_or_none(out["energy_per_atom"]),
+                "energy": finite_or_none(out["energy_per_atom"] * len(structure)),
+                "max_force": finite_or_none(out["max_force"]),
                 "steps": 0, "sg_after": sg_before, "symmetry_kept": sg_before is not None,
                 "lattice": lattice_dict(structure), "refined_cif": payload["cif_path"],
                 "seconds": round(time.perf_counter() - wall0, 2),
@@ -91,18 +84,14 @@ def refine_task(payload: dict) -> dict:
 
 
 def _relax_fields(r, payload: dict) -> dict:
-    from dft.pipeline import lattice_dict
+    """A refinement relaxation's row: the shared result fields; the CIF (and lattice) only for a
+    usable end point."""
+    from dft.pipeline import relax_result_fields, write_structure
 
-    out = None
-    if r.structure is not None and payload.get("out_cif") and r.verdict in ("converged", "not_converged"):
-        Path(payload["out_cif"]).parent.mkdir(parents=True, exist_ok=True)
-        r.structure.to(filename=payload["out_cif"])
-        out = payload["out_cif"]
-    return {"verdict": r.verdict, "reason": r.reason, "energy": _num(r.energy),
-            "energy_per_atom": _num(r.energy / len(r.structure)) if r.structure is not None else None,
-            "max_force": _num(r.max_force), "steps": int(r.steps), "sg_before": r.sg_before, "sg_after": r.sg_after,
-            "symmetry_kept": bool(r.symmetry_kept), "n_atoms": len(r.structure) if r.structure is not None else None,
-            "lattice": lattice_dict(r.structure) if out else None, "refined_cif": out,
+    ok = r.structure is not None and payload.get("out_cif") and r.verdict in ("converged", "not_converged")
+    out = write_structure(r.structure, payload["out_cif"]) if ok else None
+    fields = relax_result_fields(r)
+    return {**fields, "lattice": fields["lattice"] if out else None, "refined_cif": out,
             "seconds": round(r.seconds, 2), "cpu_seconds": round(r.cpu_seconds, 2)}
 
 

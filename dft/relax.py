@@ -319,6 +319,18 @@ class SevenNetRelaxer(AseRelaxer):
         return SevenNetCalculator(model=model, file_type="model_instance", device="cpu")
 
 
+def primitive_cell(structure, symprec: float = RELAX_SYMPREC):
+    """spglib's primitive cell of ``structure`` at ``symprec``; the structure itself when it is
+    primitive already or spglib cannot analyse it."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        primitive = SpacegroupAnalyzer(structure, symprec=symprec).find_primitive()
+    except Exception:
+        return structure
+    return primitive if primitive is not None and len(primitive) < len(structure) else structure
+
+
 def relax_primitive(relaxer, structure, *, fmax: float = 0.05, max_steps: int = 500) -> RelaxResult:
     """Relax a centred cell (I, F, C, A, R) in its primitive cell -- 2-4x fewer atoms for the
     potential and the same symmetry -- and return it in spglib's standard conventional cell
@@ -326,11 +338,8 @@ def relax_primitive(relaxer, structure, *, fmax: float = 0.05, max_steps: int = 
     conventional-cell relaxation. Primitive input is relaxed as it is."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    try:
-        primitive = SpacegroupAnalyzer(structure, symprec=RELAX_SYMPREC).find_primitive()
-    except Exception:  # spglib could not analyse it: relax the cell as given
-        primitive = None
-    if primitive is None or len(primitive) >= len(structure):
+    primitive = primitive_cell(structure)
+    if primitive is structure:  # primitive already, or spglib could not analyse it: relax as given
         return relaxer.relax(structure, fmax=fmax, max_steps=max_steps)
     result = relaxer.relax(primitive, fmax=fmax, max_steps=max_steps)
     if result.structure is None or result.verdict not in ("converged", "not_converged"):

@@ -28,9 +28,6 @@ class SunReportConfig(dg.Config):
     require_phonon_stable: bool = False  # True: only phonon-stable candidates are listed
 
 
-DFT_DONE = ("converged", "not_converged", "single_point")
-
-
 def _refined(conn, key: str) -> pl.DataFrame:
     schema = {"gene_key": pl.String, "dft_engine": pl.String, "dft_verdict": pl.String,
               "dft_formation_energy_per_atom": pl.Float64}
@@ -61,6 +58,7 @@ def sun_report(context: dg.AssetExecutionContext, config: SunReportConfig, wareh
     from pymatgen.core import Structure
 
     from dft.pipeline import gene_hash
+    from dft.refinement import ENERGY_VERDICTS
 
     key = context.partition_key
     target = current_registry().get(key)
@@ -96,7 +94,7 @@ def sun_report(context: dg.AssetExecutionContext, config: SunReportConfig, wareh
     listed = phonon_stable if config.require_phonon_stable else unique
     funnel += [(f"E_hull <= {thr}", stable.height), ("novel", novel.height), ("unique", unique.height),
                ("phonon-stable", phonon_stable.height),
-               ("DFT-refined (of the unique)", unique.filter(pl.col("dft_verdict").is_in(DFT_DONE)).height)]
+               ("DFT-refined (of the unique)", unique.filter(pl.col("dft_verdict").is_in(ENERGY_VERDICTS)).height)]
 
     out_dir = settings.artifacts_dir() / "sun_report" / key
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -46,13 +46,16 @@ class RefinedStructuresConfig(dg.Config):
 
 def _primitive_atoms(cif: str) -> int:
     from pymatgen.core import Structure
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    s = Structure.from_file(cif)
-    try:
-        return len(SpacegroupAnalyzer(s, symprec=1e-3).find_primitive() or s)
-    except Exception:
-        return len(s)
+    from dft.relax import primitive_cell
+
+    return len(primitive_cell(Structure.from_file(cif)))
+
+
+def _mlip_columns(row: dict, mlip_rank: dict[str, int]) -> dict:
+    """The MLIP's numbers for a refined (or skipped) gene, side by side with DFT's."""
+    return {"mlip_formation_energy_per_atom": row["formation_energy_per_atom"], "mlip_e_above_hull": row["e_above_hull"],
+            "mlip_rank_in_formula": mlip_rank.get(row["gene_key"]), "mlip_lattice": row["lattice"]}
 
 
 def _same_crystal(row: dict, chosen: list) -> str | None:
@@ -144,17 +147,12 @@ def refined_structures(context: dg.AssetExecutionContext, config: RefinedStructu
     for tkey, res in results.items():
         r = by_task[tkey]
         rows.append({**_gene_columns(r), **res, "target": key, "verdict": res.get("verdict", "failed"),
-                     "engine": config.engine, "mode": tasks[tkey]["mode"],
-                     "mlip_formation_energy_per_atom": r["formation_energy_per_atom"],
-                     "mlip_e_above_hull": r["e_above_hull"], "mlip_rank_in_formula": mlip_rank.get(r["gene_key"]),
-                     "mlip_lattice": r["lattice"]})
+                     "engine": config.engine, "mode": tasks[tkey]["mode"], **_mlip_columns(r, mlip_rank)})
     references, note = _references(context, config, rows, settings_json, executor)
     rows = score_refinements(rows, references, note)
     for row, why in skipped:
         rows.append({**_gene_columns(row), "target": key, "engine": config.engine, "verdict": "skipped",
-                     "reason": why, "mlip_formation_energy_per_atom": row["formation_energy_per_atom"],
-                     "mlip_e_above_hull": row["e_above_hull"], "mlip_rank_in_formula": mlip_rank.get(row["gene_key"]),
-                     "mlip_lattice": row["lattice"]})
+                     "reason": why, **_mlip_columns(row, mlip_rank)})
     for r in rows:
         if isinstance(r.get("lattice"), dict):
             r["lattice"] = json.dumps(r["lattice"])
