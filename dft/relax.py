@@ -73,6 +73,10 @@ class RelaxResult:
     seconds: float  # wall time
     relaxer: str
     cpu_seconds: float = 0.0  # process CPU time (all threads)
+    # which cell ``structure`` is: "input" (the cell given), "conventional" (relaxed in the
+    # primitive cell, returned in spglib's conventional cell) or "primitive" (the conventional
+    # cell could not be recovered; ``reason`` says why). See relax_primitive.
+    cell: str = "input"
 
 
 @runtime_checkable
@@ -193,9 +197,14 @@ class AseRelaxer:
         def finish(verdict: str, reason: str) -> RelaxResult:
             try:
                 final = _to_structure(atoms)
-            except Exception:  # never lose the row over a conversion
-                final = structure
+            except Exception as exc:  # the relaxed cell is lost: a failed row, never the input cell
+                final, verdict = None, "failed"
+                why = f"structure_conversion_failed: {type(exc).__name__}: {str(exc).strip()[:300]}"
+                reason = f"{why}; {reason}" if reason else why
             sg_after = space_group_number(atoms, self.symprec)
+            if sg_before is None or sg_after is None:
+                why = f"spglib found no space group at symprec {self.symprec} ({'before' if sg_before is None else 'after'})"
+                reason = f"{reason}; {why}" if reason else why
             energy = float(state["energy"])
             return RelaxResult(
                 structure=final, energy=energy, energy_per_atom=energy / max(n_atoms, 1),
@@ -334,25 +343,38 @@ def primitive_cell(structure, symprec: float = RELAX_SYMPREC):
 def relax_primitive(relaxer, structure, *, fmax: float = 0.05, max_steps: int = 500) -> RelaxResult:
     """Relax a centred cell (I, F, C, A, R) in its primitive cell -- 2-4x fewer atoms for the
     potential and the same symmetry -- and return it in spglib's standard conventional cell
-    (ITA setting) with the energy scaled to that cell, so the result reads exactly like a
-    conventional-cell relaxation. Primitive input is relaxed as it is."""
+    (ITA setting) with the energy scaled to that cell (``cell="conventional"``), so the result reads
+    exactly like a conventional-cell relaxation. Primitive input is relaxed as it is
+    (``cell="input"``). When the conventional cell cannot be recovered from the relaxed primitive
+    one (spglib fails, or finds a cell that is not a whole multiple of it -- the relaxation gained
+    a translation), the primitive cell is returned as ``cell="primitive"`` with the reason
+    appended: its energy and energy per atom are that cell's own."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     primitive = primitive_cell(structure)
     if primitive is structure:  # primitive already, or spglib could not analyse it: relax as given
         return relaxer.relax(structure, fmax=fmax, max_steps=max_steps)
     result = relaxer.relax(primitive, fmax=fmax, max_steps=max_steps)
+    result.cell = "primitive"
     if result.structure is None or result.verdict not in ("converged", "not_converged"):
         return result
+
+    def kept_primitive(why: str) -> RelaxResult:
+        note = f"conventional_cell_not_recovered: {why}; reported in the primitive cell"
+        result.reason = f"{result.reason}; {note}" if result.reason else note
+        return result
+
     try:
         conventional = SpacegroupAnalyzer(result.structure, symprec=RELAX_SYMPREC).get_refined_structure()
-    except Exception:
-        return result
+    except Exception as exc:
+        return kept_primitive(f"{type(exc).__name__}: {str(exc).strip()[:300]}")
     if len(conventional) % len(result.structure):
-        return result  # refinement found another cell: keep the primitive one, energies as they are
+        return kept_primitive(f"spglib's refined cell has {len(conventional)} atoms, not a multiple of the "
+                              f"relaxed primitive cell's {len(result.structure)}")
     factor = len(conventional) // len(result.structure)
     result.structure = conventional
     result.energy = result.energy * factor
+    result.cell = "conventional"
     return result
 
 
