@@ -80,19 +80,23 @@ def pvae_model(context: dg.AssetExecutionContext, config: PVAEModelConfig, wareh
     with cpu_budget(context, torch_too=True, threads=training_device.torch_threads) as budget:
         result = train_pvae(train, cfg, model_dir(key), accelerator=training_device.accelerator,
                             devices=training_device.devices, log=context.log.info)
-        threads = {"budget": budget, **threads_in_use()}  # read inside the step, while capped
+        threads = {"budget": budget, **threads_in_use(),  # read inside the step, while capped
+                   "torch_during_epochs": max((h["torch_threads"] for h in result.history), default=None)}
     origins, how = origin_genes(train, target)
     write_model_manifest(key, {"target": key, "task": target.task, "database_version": genes["database_version"][0],
                                "checkpoint": result.checkpoint_path, "config": cfg.to_dict(), "metrics": result.metrics,
                                "excluded_material_ids": excluded, "n_origins": origins.height, "origins": how})
-    passed = reconstruction_passed(result.metrics)
     return dg.MaterializeResult(
         metadata=_metadata(result, origins, how, excluded, genes["database_version"][0], threads,
                            (time.perf_counter() - start) / 60),
-        check_results=[dg.AssetCheckResult(check_name="reconstruction_quality", passed=passed, metadata={
-            **{k: result.metrics[k] for k in ("element_accuracy", "space_group_accuracy")},
-            "min_element_accuracy": MIN_ELEMENT_ACCURACY, "min_space_group_accuracy": MIN_SPACE_GROUP_ACCURACY})],
+        check_results=[_quality_check(result.metrics)],
     )
+
+
+def _quality_check(metrics: dict) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name="reconstruction_quality", passed=reconstruction_passed(metrics), metadata={
+        **{k: metrics[k] for k in ("element_accuracy", "space_group_accuracy")},
+        "min_element_accuracy": MIN_ELEMENT_ACCURACY, "min_space_group_accuracy": MIN_SPACE_GROUP_ACCURACY})
 
 
 def _metadata(result, origins, how: str, excluded: list[str], version: str, threads: dict, minutes: float) -> dict:
