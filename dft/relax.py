@@ -129,7 +129,7 @@ def space_group_number(atoms_or_structure, symprec: float = RELAX_SYMPREC) -> in
         cell = (s.lattice.matrix, s.frac_coords, [site.specie.Z for site in s])
     try:
         ds = spglib.get_symmetry_dataset(cell, symprec=symprec)
-    except Exception:
+    except Exception:  # None is recorded by the caller (RelaxResult.reason: "spglib found no space group")
         return None
     return None if ds is None else int(ds.number)
 
@@ -335,7 +335,7 @@ def primitive_cell(structure, symprec: float = RELAX_SYMPREC):
 
     try:
         primitive = SpacegroupAnalyzer(structure, symprec=symprec).find_primitive()
-    except Exception:
+    except Exception:  # not an error in a result: the given cell is then relaxed as it is (cell "input")
         return structure
     return primitive if primitive is not None and len(primitive) < len(structure) else structure
 

@@ -6,7 +6,6 @@ import multiprocessing as mp
 import os
 
 import dagster as dg
-import pytest
 
 from tests.conftest import TINY_PVAE
 from tests.test_pvae_dagster import training_snapshot  # noqa: F401  (module fixture)
