@@ -69,6 +69,20 @@ def _analysed(source: str) -> tuple[str, frozenset[str]]:
     return digest, frozenset(imported)
 
 
+def _project_name(name: str, repo: Path) -> str:
+    """``name`` as a dotted project module name, also when the module was loaded under another
+    name (e.g. from a file path): its file decides."""
+    import sys
+
+    if module_file(name, repo) is not None:
+        return name
+    path = getattr(sys.modules.get(name), "__file__", None)
+    if path and Path(path).resolve().is_relative_to(Path(repo).resolve()):
+        rel = Path(path).resolve().relative_to(Path(repo).resolve()).with_suffix("")
+        return ".".join(p for p in rel.parts if p != "__init__")
+    return name
+
+
 def source_modules(root: str, repo: Path = REPO_ROOT) -> dict[str, Path]:
     """``root`` and the project modules it reaches through imports (see the module doc)."""
     seen: dict[str, Path] = {}
@@ -97,7 +111,10 @@ def _library_versions(modules: dict[str, Path]) -> list[str]:
 def source_version(root: str, repo: Path = REPO_ROOT) -> str:
     """The code version of the assets defined in module ``root``: 16 hex digits of a hash over the
     syntax trees of the modules it reaches and the versions of the libraries they import."""
+    root = _project_name(root, repo)
     modules = source_modules(root, repo)
+    if not modules:
+        raise ValueError(f"{root!r} is not a module of the project under {repo}")
     lines = [f"{name}:{_parsed(path)[0]}" for name, path in sorted(modules.items())]
     lines += _library_versions(modules)
     return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:16]
