@@ -1,7 +1,7 @@
 """PVAE epoch time with two trainings at once: torch's default threads (before the per-run CPU
 budget) vs the budget (cores // 2 threads each, wycryst_assets.cpu), next to one training alone.
 
-    .venv/bin/python benchmarks/concurrent_training.py [--genes GENES.parquet] [--epochs 3]
+    .venv/bin/python benchmarks/concurrent_training.py [--genes GENES.parquet] [--epochs 3] [--max-genes N]
 
 Without --genes the gene table is built from the snapshot first (``--save-genes PATH`` keeps it;
 pvae_benchmark.py writes the same file). Each training is its own process, as two Dagster runs are.
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _train(genes_path: str, epochs: int, threads: int | None, barrier, queue) -> None:
+def _train(genes_path: str, epochs: int, threads: int | None, max_genes: int | None, barrier, queue) -> None:
     import polars as pl
     import torch
 
@@ -31,16 +31,18 @@ def _train(genes_path: str, epochs: int, threads: int | None, barrier, queue) ->
     if threads:
         torch.set_num_threads(threads)
     genes = pl.read_parquet(genes_path)
+    if max_genes:
+        genes = genes.filter(pl.col("n_elements") == 3).sample(min(max_genes, genes.height), seed=0)
     barrier.wait()
     with tempfile.TemporaryDirectory() as tmp:
         result = train_pvae(genes, PVAEConfig(max_epochs=epochs), tmp, accelerator="cpu", devices=1, log=None)
     queue.put(([h["seconds"] for h in result.history], torch.get_num_threads()))
 
 
-def run(genes_path: str, epochs: int, n: int, threads: int | None) -> list[tuple[list[float], int]]:
+def run(genes_path: str, epochs: int, n: int, threads: int | None, max_genes: int | None = None) -> list:
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_train, args=(genes_path, epochs, threads, barrier, queue)) for _ in range(n)]
+    procs = [ctx.Process(target=_train, args=(genes_path, epochs, threads, max_genes, barrier, queue)) for _ in range(n)]
     for p in procs:
         p.start()
     out = [queue.get() for _ in procs]
@@ -55,6 +57,7 @@ def main() -> None:
     ap.add_argument("--save-genes", help="where to keep the gene table built here")
     ap.add_argument("--snapshot", default=str(REPO.parent / "shared" / "data" / "mp_snapshot"))
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--max-genes", type=int, help="train on a random subset of this many ternary genes")
     args = ap.parse_args()
     from wycryst_assets.cpu import usable_cores
 
@@ -66,12 +69,13 @@ def main() -> None:
         build_genes(Path(args.snapshot), processes=usable_cores()).write_parquet(genes_path)
     cores = usable_cores()
     budget = max(1, cores // 2)
-    print(f"{cores} usable cores; load {os.getloadavg()}; {args.epochs} epochs per training "
+    print(f"{cores} usable cores; load {os.getloadavg()}; {args.epochs} epochs per training on "
+          f"{args.max_genes or 'all'} ternary genes "
           "(epoch 1 included; median over epochs and trainings)")
     for label, n, threads in (("one training alone, torch default threads", 1, None),
                               ("two at once, torch default threads (before)", 2, None),
                               (f"two at once, budget {budget} thread(s) each (after)", 2, budget)):
-        results = run(genes_path, args.epochs, n, threads)
+        results = run(genes_path, args.epochs, n, threads, args.max_genes)
         seconds = [s for epochs, _ in results for s in epochs]
         used = sorted({t for _, t in results})
         print(f"{label:52s} {statistics.median(seconds):6.2f} s/epoch  (torch threads {used}, "
