@@ -32,7 +32,8 @@ def _train(genes_path: str, epochs: int, threads: int | None, max_genes: int | N
         torch.set_num_threads(threads)
     genes = pl.read_parquet(genes_path)
     if max_genes:
-        genes = genes.filter(pl.col("n_elements") == 3).sample(min(max_genes, genes.height), seed=0)
+        ternary = genes.filter(pl.col("n_elements") == 3)
+        genes = ternary.sample(min(max_genes, ternary.height), seed=0)
     barrier.wait()
     with tempfile.TemporaryDirectory() as tmp:
         result = train_pvae(genes, PVAEConfig(max_epochs=epochs), tmp, accelerator="cpu", devices=1, log=None)
