@@ -149,12 +149,15 @@ def _synthesizability_for(key: str, excluded: list[str], warehouse: DuckDBResour
 
     if not excluded:
         return SynthModel.load(settings.artifacts_dir() / "synthesizability" / "model.joblib")
+    def train():
+        with warehouse.get_connection() as conn:
+            genes = read_table(conn, "SELECT * FROM wyckoff_genes WHERE NOT list_contains(?, material_id)", [excluded])
+        return train_synthesizability(genes, cv_folds=2, n_jobs=threads)
+
     with warehouse.get_connection() as conn:
         version = conn.execute("SELECT any_value(database_version) FROM wyckoff_genes").fetchone()[0]
-        genes = read_table(conn, "SELECT * FROM wyckoff_genes WHERE NOT list_contains(?, material_id)", [excluded])
     return cached_model(settings.artifacts_dir() / "synthesizability" / key / "model.joblib",
-                        {"excluded_material_ids": sorted(excluded), "database_version": version},
-                        lambda: train_synthesizability(genes, cv_folds=2, n_jobs=threads))[0]
+                        {"excluded_material_ids": sorted(excluded), "database_version": version}, train)[0]
 
 
 @dg.asset(
