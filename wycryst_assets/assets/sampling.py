@@ -144,7 +144,8 @@ def synthesizability_model(context: dg.AssetExecutionContext, warehouse: DuckDBR
 
 def _synthesizability_for(key: str, excluded: list[str], warehouse: DuckDBResource, threads: int):
     """The classifier a partition scores with: the snapshot-wide one, or for a LOO partition whose
-    held-out materials are in the snapshot its own, trained without them (cached per set)."""
+    held-out materials are in the snapshot its own, trained without them (cached per set, release
+    and code version)."""
     from ml.synthesizability import SynthModel, cached_model, train_synthesizability
 
     if not excluded:
@@ -157,7 +158,8 @@ def _synthesizability_for(key: str, excluded: list[str], warehouse: DuckDBResour
     with warehouse.get_connection() as conn:
         version = conn.execute("SELECT any_value(database_version) FROM wyckoff_genes").fetchone()[0]
     return cached_model(settings.artifacts_dir() / "synthesizability" / key / "model.joblib",
-                        {"excluded_material_ids": sorted(excluded), "database_version": version}, train)[0]
+                        {"excluded_material_ids": sorted(excluded), "database_version": version,
+                         "code_version": source_version(__name__)}, train)[0]  # new code: retrained
 
 
 @dg.asset(
