@@ -217,15 +217,16 @@ def write_dfpt_inputs(cif_path: str, directory: str, supercell_matrix=None, supe
 
 
 def relax_tasks(trials: Iterable[dict], base: Path, *, relaxer: str, fmax: float, max_steps: int,
-                primitive: bool = True) -> tuple[dict[str, dict], dict[str, dict]]:
+                primitive: bool = True, code: str = "") -> tuple[dict[str, dict], dict[str, dict]]:
     """``(tasks, trial_of)``: one :func:`relax_task` payload per built trial (dicts with
     ``cif_path``, ``gene_key``, ``trial``), keyed by gene, trial, relaxer and a digest of the trial
-    file and the settings (a stored result is reused exactly when it still applies); the CIFs go
-    under ``base/cif``. Primitive and conventional relaxations give the same structure and energy,
-    so they share results; only the conventional-only setting gets its own key."""
+    file, the settings and ``code`` (a version of the code that relaxes), so a stored result is
+    reused exactly when it still applies; the CIFs go under ``base/cif``. Primitive and
+    conventional relaxations give the same structure and energy, so they share results; only the
+    conventional-only setting gets its own key."""
     tasks, trial_of = {}, {}
     for row in trials:
-        settings_text = f"{relaxer}|{fmax}|{max_steps}" + ("" if primitive else "|conventional")
+        settings_text = f"{relaxer}|{fmax}|{max_steps}" + ("" if primitive else "|conventional") + (f"|{code}" if code else "")
         key = f"{gene_hash(row['gene_key'])}-t{row['trial']}-{relaxer}-{file_digest(row['cif_path'], settings_text)}"
         tasks[key] = {"cif_path": row["cif_path"], "relaxer": relaxer, "fmax": fmax, "max_steps": max_steps,
                       "primitive": primitive, "out_cif": str(Path(base) / "cif" / f"{key}.cif")}
@@ -249,13 +250,14 @@ def mark_best_trials(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def phonon_tasks(candidates: Iterable[dict], base: Path, *, supercell_min_length: float) -> tuple[dict, dict]:
+def phonon_tasks(candidates: Iterable[dict], base: Path, *, supercell_min_length: float,
+                 code: str = "") -> tuple[dict, dict]:
     """``(tasks, row_of)``: one :func:`phonon_task` payload per relaxed candidate (rows of
-    ``relaxed_structures``), keyed by gene and a digest of the relaxed CIF and the supercell length;
-    band plots under ``base/bands``."""
+    ``relaxed_structures``), keyed by gene and a digest of the relaxed CIF, the supercell length and
+    ``code`` (a version of the phonon code); band plots under ``base/bands``."""
     tasks, row_of = {}, {}
     for row in candidates:
-        key = f"{gene_hash(row['gene_key'])}-{file_digest(row['relaxed_cif'], str(supercell_min_length))}"
+        key = f"{gene_hash(row['gene_key'])}-{file_digest(row['relaxed_cif'], str(supercell_min_length) + code)}"
         tasks[key] = {"cif_path": row["relaxed_cif"], "relaxer": row["relaxer"],
                       "supercell_min_length": supercell_min_length, "png": str(Path(base) / "bands" / f"{key}.png"),
                       "title": f"{row['formula']} SG {row['space_group']}"}

@@ -168,17 +168,18 @@ def score_refinements(rows: Iterable[dict], references: Mapping[str, float] | No
 
 
 def refinement_tasks(taken, base: Path, *, engine: str, settings: dict, fmax: float, max_steps: int,
-                     timeout_s: int) -> tuple[dict[str, dict], dict[str, dict]]:
+                     timeout_s: int, code: str = "") -> tuple[dict[str, dict], dict[str, dict]]:
     """``(tasks, row_of)``: one :func:`refine_task` payload per (relaxed row, mode) taken by
     :func:`dft.selection.refinement_candidates`, keyed by gene, engine, mode and a digest of the
-    relaxed CIF and the settings (stored results are reused exactly when they still apply)."""
+    relaxed CIF, the settings and ``code`` (a version of the refinement code), so stored results are
+    reused exactly when they still apply."""
     import json
 
     from dft.pipeline import file_digest, gene_hash
 
     tasks, row_of = {}, {}
     for row, mode in taken:
-        text = json.dumps([engine, mode, settings, fmax, max_steps], sort_keys=True)
+        text = json.dumps([engine, mode, settings, fmax, max_steps], sort_keys=True) + code
         key = f"{gene_hash(row['gene_key'])}-{engine}-{mode}-{file_digest(row['relaxed_cif'], text)}"
         tasks[key] = {"cif_path": row["relaxed_cif"], "engine": engine, "mode": mode,
                       "workdir": str(Path(base) / "runs" / key), "out_cif": str(Path(base) / "cif" / f"{key}.cif"),

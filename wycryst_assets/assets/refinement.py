@@ -73,7 +73,8 @@ def refined_structures(context: dg.AssetExecutionContext, config: RefinedStructu
     dft_settings = {"ecut": config.ecut, "kpts": {"density": config.kpts_density, "gamma": True}}
     base = settings.artifacts_dir() / "refined_structures" / key
     tasks, row_of = refinement_tasks(taken, base, engine=config.engine, settings=dft_settings, fmax=config.fmax,
-                                     max_steps=config.max_steps, timeout_s=config.timeout_s)
+                                     max_steps=config.max_steps, timeout_s=config.timeout_s,
+                                     code=source_version("dft.refinement"))
     context.log.info(f"{key}: {config.engine} refinement of {len(tasks)} of {best.height} relaxed genes "
                      f"({', '.join(t['mode'] for t in tasks.values())})")
     with cpu_budget(context) as threads:  # one DFT task per worker / Slurm job, with the task's time limit

@@ -137,7 +137,8 @@ def relaxed_structures(context: dg.AssetExecutionContext, config: RelaxedStructu
                             "ORDER BY gene_key, trial", [key])
     base = settings.artifacts_dir() / "relaxed_structures" / key
     tasks, trial_of = relax_tasks(trials.iter_rows(named=True), base, relaxer=config.relaxer, fmax=config.fmax,
-                                  max_steps=config.max_steps, primitive=config.primitive_cell)
+                                  max_steps=config.max_steps, primitive=config.primitive_cell,
+                                  code=source_version("dft.relax"))  # new relaxer code: stored results redone
     context.log.info(f"{key}: relaxing {len(tasks)} trials with {config.relaxer} ({compute.mode})")
     with cpu_budget(context) as threads:
         results = run_tasks(relax_task, tasks, compute.config(base / "submitit", threads), base / "results",
@@ -225,7 +226,8 @@ def phonon_verdicts(context: dg.AssetExecutionContext, config: PhononVerdictsCon
     taken, skipped = phonon_candidates(best, max_e_above_hull=config.max_e_above_hull, only_novel=config.only_novel,
                                        max_structures=config.max_structures)
     base = settings.artifacts_dir() / "phonon_verdicts" / key
-    tasks, row_of = phonon_tasks(taken, base, supercell_min_length=config.supercell_min_length)
+    tasks, row_of = phonon_tasks(taken, base, supercell_min_length=config.supercell_min_length,
+                                 code=source_version("dft.phonons") + source_version("dft.relax"))
     context.log.info(f"{key}: phonons for {len(tasks)} of {best.height} relaxed genes")
     with cpu_budget(context) as threads:
         results = run_tasks(phonon_task, tasks, compute.config(base / "submitit", threads), base / "results",
