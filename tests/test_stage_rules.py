@@ -200,3 +200,20 @@ def test_ground_state_rank_counts_distinct_crystals(tmp_path):
     row = loo_verdict(target, pl.DataFrame({"gene_key": [key], "passed": [True]}), pl.DataFrame(rows))
     assert row["ground_state_rank"] == 2 and row["crystals_of_formula_relaxed"] == 2
     assert row["why_not"] == "ground-state rank 2 (mlip)"
+
+
+def test_stored_task_results_are_keyed_by_settings_and_code(tmp_path):
+    from dft.pipeline import phonon_tasks, relax_tasks
+
+    cif = _write(tmp_path, "t", Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"], SITES))
+    trial = [{"cif_path": cif, "gene_key": "g", "trial": 0}]
+
+    def keys(**kw):
+        return list(relax_tasks(trial, tmp_path, **{"relaxer": "chgnet", "fmax": 0.05, "max_steps": 10, **kw})[0])
+
+    assert keys(code="v1") == keys(code="v1")  # a rerun of the same code resumes
+    assert keys(code="v2") != keys(code="v1")  # new relaxer code recomputes
+    assert keys(max_steps=20) != keys() and keys(primitive=False) != keys()
+    row = [_row("g", cif, 0.0, -8.0)]
+    assert list(phonon_tasks(row, tmp_path, supercell_min_length=10.0, code="a")[0]) != \
+        list(phonon_tasks(row, tmp_path, supercell_min_length=10.0, code="b")[0])
