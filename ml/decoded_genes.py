@@ -234,7 +234,10 @@ def reduced_formulas(element: np.ndarray, counts: np.ndarray) -> tuple[list[str]
     special = Composition.special_formulas
     out = []
     for els, cnts in zip(element[first].tolist(), ratio[first].tolist()):
-        amounts = {symbols[e]: c for e, c in zip(els, cnts) if c > 0}
+        amounts: dict[str, int] = {}
+        for e, c in zip(els, cnts):
+            if c > 0:  # two slots of one element add up
+                amounts[symbols[e]] = amounts.get(symbols[e], 0) + c
         if not amounts:
             out.append("")
             continue
