@@ -98,9 +98,9 @@ def _symbol_order() -> tuple[np.ndarray, np.ndarray]:
 
 def _unpack(keys: np.ndarray):
     a = N_SLOTS
-    return (keys[:, :a].astype(np.int64), keys[:, a:2 * a].astype(np.int64),
-            keys[:, 2 * a:2 * a + a * N_LETTERS].reshape(-1, a, N_LETTERS).astype(np.int64),
-            keys[:, -1].astype(np.int64))
+    keys = np.asarray(keys, dtype=np.int32)
+    return (keys[:, :a], keys[:, a:2 * a], keys[:, 2 * a:2 * a + a * N_LETTERS].reshape(-1, a, N_LETTERS),
+            keys[:, -1])
 
 
 def merged_slots(element: np.ndarray, counts: np.ndarray, letters: np.ndarray):
@@ -110,8 +110,8 @@ def merged_slots(element: np.ndarray, counts: np.ndarray, letters: np.ndarray):
     key = np.where(element >= 0, order_of_symbol[np.clip(element, 0, None)], _EMPTY)
     order = np.argsort(key, axis=1, kind="stable")
     element = np.take_along_axis(element, order, 1)
-    counts = np.take_along_axis(counts, order, 1).copy()
-    letters = np.take_along_axis(letters, order[:, :, None], 1).copy()
+    counts = np.take_along_axis(counts, order, 1)  # new arrays: merged in place below
+    letters = np.take_along_axis(letters, order[:, :, None], 1)
     head = np.zeros(element.shape, dtype=np.intp)
     sorted_element = element.copy()
     for s in range(1, N_SLOTS):
@@ -175,18 +175,32 @@ def canonical_letters(space_group: np.ndarray, letters: np.ndarray, max_cells: i
 
 
 @functools.lru_cache(maxsize=1)
-def _label_json() -> list[list[str]]:
-    """Per space group, per letter index: the JSON-quoted site label ('"4c"'; '"0x"' for a letter
-    the group lacks, as the reference writes it)."""
+def _label_json() -> pl.Series:
+    """(230 * 27,) JSON-quoted site labels, index (sg - 1) * 27 + letter: '"4c"' ('"0x"' for a
+    letter the group lacks, as the reference writes it)."""
     mult = multiplicity_matrix()
-    return [[f'"{mult[g, j]}{WYCKOFF_LETTERS[j]}"' for j in range(N_LETTERS)] for g in range(N_SPACE_GROUPS)]
+    return pl.Series([f'"{mult[g, j]}{WYCKOFF_LETTERS[j]}"' for g in range(N_SPACE_GROUPS) for j in range(N_LETTERS)],
+                     dtype=pl.String)
+
+
+def _site_lists(space_group: np.ndarray, letters: np.ndarray) -> pl.Series:
+    """(N,) JSON site lists '["4c", "8d"]' of (space group, site counts per letter) rows: one
+    label per site, in letter order, joined by polars."""
+    n = len(space_group)
+    counts = letters.reshape(n * N_LETTERS)
+    label = (np.repeat(np.asarray(space_group, dtype=np.int64) - 1, N_LETTERS) * N_LETTERS
+             + np.tile(np.arange(N_LETTERS), n))
+    owner = np.repeat(np.arange(n), N_LETTERS)
+    sites = pl.DataFrame({"row": np.repeat(owner, counts), "label": _label_json().gather(np.repeat(label, counts))})
+    joined = sites.group_by("row").agg(pl.col("label").str.join(", "))
+    out = pl.DataFrame({"row": np.arange(n)}).join(joined, on="row", how="left")
+    return out.select(pl.concat_str([pl.lit("["), pl.col("label").fill_null(""), pl.lit("]")])).to_series()
 
 
 def _block_texts(space_group, element, letters) -> pl.Series:
     """Text '"O": ["4c", "8d"]' of every slot ((N*3,) series, null for an empty slot): the site
     list is written once per distinct (space group, site counts), the symbol added by polars."""
     _, quoted = _symbol_order()
-    labels = _label_json()
     n = len(space_group)
     present = element.reshape(-1) >= 0
     flat_sg = np.repeat(np.asarray(space_group), N_SLOTS)[present]
@@ -196,14 +210,10 @@ def _block_texts(space_group, element, letters) -> pl.Series:
     rows[:, :2] = flat_sg.astype("<u2").view(np.uint8).reshape(-1, 2)
     rows[:, 4:] = flat_lt.astype("<i4" if wide else np.uint8).view(np.uint8).reshape(len(flat_sg), -1)
     first, inverse = unique_rows(rows)
-    lists = []
-    for sg, row in zip(flat_sg[first].tolist(), flat_lt[first].tolist()):
-        lab = labels[sg - 1]
-        lists.append("[" + ", ".join(lab[j] for j, c in enumerate(row) for _ in range(c)) + "]")
+    lists = _site_lists(flat_sg[first], flat_lt[first])
     symbols = pl.Series([json.dumps(s) + ": " for s in quoted], dtype=pl.String)
     text = pl.DataFrame({"symbol": symbols.gather(element.reshape(-1)[present]),
-                         "sites": pl.Series(lists, dtype=pl.String).gather(inverse)}
-                        ).select(pl.concat_str(["symbol", "sites"])).to_series()
+                         "sites": lists.gather(inverse)}).select(pl.concat_str(["symbol", "sites"])).to_series()
     out = pl.Series([None], dtype=pl.String).gather(np.zeros(n * N_SLOTS, dtype=np.int64))
     return out.scatter(np.flatnonzero(present), text)
 
@@ -230,7 +240,7 @@ def reduced_formulas(element: np.ndarray, counts: np.ndarray) -> tuple[list[str]
     counts = np.where(element >= 0, np.clip(counts, 0, None), 0)
     g = np.gcd.reduce(counts, axis=1)
     ratio = counts // np.where(g > 0, g, 1)[:, None]
-    first, inverse = unique_rows(np.concatenate([np.where(ratio > 0, element, -1), ratio], axis=1).astype(np.int64))
+    first, inverse = unique_rows(np.concatenate([np.where(ratio > 0, element, -1), ratio], axis=1))
     special = Composition.special_formulas
     out = []
     for els, cnts in zip(element[first].tolist(), ratio[first].tolist()):
