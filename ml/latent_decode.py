@@ -10,8 +10,10 @@ Same points, same network, same decoded rows, same hits and property sums as the
   split or threaded; the fixed-seed test checks it), and merged batches are folded in batch order;
 * of the decoder's 3 x 135 array outputs only the columns that decoding reads are computed: the
   27 Wyckoff letter counts per slot and the logits of the allowed elements (all 94 without an
-  element constraint) — one smaller matrix product with the same weights (each output column is
-  computed as in the full product, so the values are the same floats);
+  element constraint) — one smaller matrix product with the same weights — and the three layers
+  that read the latent point run as one product with stacked weights (each output column is
+  computed as in the separate full products: the same floats, checked bit for bit by the tests
+  and the benchmark);
 * argmax, rounding and the empty-slot rule run in torch on the batch, and each point becomes one
   compact uint8 row (elements, letter counts, space group) that is merged with a 64-bit row hash
   (:func:`ml.row_hash.unique_rows`, exact) instead of ``np.unique`` over 352-byte rows; atom counts
@@ -42,8 +44,21 @@ _PACKED_WIDTH = N_SLOTS + N_SLOTS + N_SLOTS * N_LETTERS + 1  # the reference's i
 _COMPACT_WIDTH = 88  # uint8: element + 1 (3), letter counts (81), space group (1), zero padding (3)
 
 
+def _rest(sequential: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """The layers of ``sequential`` after its first, on a contiguous copy of ``x`` (ReLU in place:
+    same values)."""
+    x = x.contiguous()
+    for layer in list(sequential)[1:]:
+        x = torch.relu_(x) if isinstance(layer, torch.nn.ReLU) else layer(x)
+    return x
+
+
 class _Heads:
-    """The decoder pieces that decoding reads, from a trained PVAE module."""
+    """The decoder pieces that decoding reads, from a trained PVAE module.
+
+    For the dense decoder the three first layers that read the latent point (decoder input,
+    space-group decoder, property head) run as one matrix product with their weights stacked,
+    and the array decoder computes only the allowed elements' logits and the letter counts."""
 
     def __init__(self, module, element_mask: np.ndarray | None):
         net = module.net
@@ -51,7 +66,9 @@ class _Heads:
         self.allowed = (np.flatnonzero(element_mask) if element_mask is not None
                         else np.arange(N_ELEMENTS)).astype(np.int64)
         self.k = len(self.allowed)
-        self.dense = net.decoder_kind == "mlp"
+        firsts = [seq[0] if isinstance(seq, torch.nn.Sequential) and len(seq) else None
+                  for seq in (getattr(net, "decoder_input", None), net.sg_decoder, net.property_head)]
+        self.dense = net.decoder_kind == "mlp" and all(isinstance(f, torch.nn.Linear) for f in firsts)
         if self.dense:
             cols = np.concatenate([np.concatenate([s * N_FEATURES + self.allowed,
                                                    s * N_FEATURES + np.arange(LETTERS.start, LETTERS.stop)])
@@ -59,26 +76,33 @@ class _Heads:
             index = torch.as_tensor(cols, device=module.device)
             self.weight = net.array_decoder.weight.index_select(0, index).contiguous()
             self.bias = net.array_decoder.bias.index_select(0, index).contiguous()
+            self.first_weight = torch.cat([f.weight for f in firsts]).contiguous()
+            self.first_bias = torch.cat([f.bias for f in firsts]).contiguous()
+            widths = np.cumsum([0] + [f.out_features for f in firsts])
+            self.spans = [slice(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:])]
         self.allowed_t = torch.as_tensor(self.allowed, device=module.device)
 
-    def _arrays(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Element logits of the allowed elements (B, 3, k) and letter counts (B, 3, 27)."""
-        net = self.module.net
+    def _outputs(self, z: torch.Tensor):
+        """Element logits of the allowed elements (B, 3, k), letter counts (B, 3, 27), space-group
+        logits (B, 230), properties in raw units (B, 2)."""
+        net, module = self.module.net, self.module
         if not self.dense:
-            recon, _ = net.decode(z)
-            return recon[:, :, ELEMENT].index_select(2, self.allowed_t), recon[:, :, LETTERS]
-        h = z
-        for layer in net.decoder_input:  # Linear, BatchNorm1d, ReLU (in place: same values)
-            h = torch.relu_(h) if isinstance(layer, torch.nn.ReLU) else layer(h)
+            recon, sg_logits = net.decode(z)
+            return (recon[:, :, ELEMENT].index_select(2, self.allowed_t), recon[:, :, LETTERS], sg_logits,
+                    module.predict_properties(z))
+        first = F.linear(z, self.first_weight, self.first_bias)
+        h = _rest(net.decoder_input, first[:, self.spans[0]])
         out = F.linear(h, self.weight, self.bias).view(-1, N_SLOTS, self.k + N_LETTERS)
-        return out[:, :, :self.k], out[:, :, self.k:]
+        sg_logits = _rest(net.sg_decoder, first[:, self.spans[1]])
+        props = _rest(net.property_head, first[:, self.spans[2]]) * module.target_std + module.target_mean
+        return out[:, :, :self.k], out[:, :, self.k:], sg_logits, props
 
     def rows(self, z: torch.Tensor, out: np.ndarray, props: np.ndarray) -> bool:
         """Decode ``z`` into compact uint8 rows ``out`` (B, 88) [element + 1 per slot, 0 for an
         empty slot; letter counts; space group] and properties ``props`` (B, 2) float64. False
         when a letter count is not a finite value in 0..255 (the caller packs the batch with the
         reference code instead)."""
-        element_logits, letters = self._arrays(z)
+        element_logits, letters, sg_logits, properties = self._outputs(z)
         letters = torch.round(letters).clamp_(min=0)
         if not float(letters.max()) <= 255:  # also False for NaN and inf
             return False
@@ -86,12 +110,12 @@ class _Heads:
         element = self.allowed_t[element_logits.argmax(dim=-1)]
         empty = letters_u8.sum(dim=-1, dtype=torch.int32) == 0
         element = torch.where(empty, -1, element) + 1
-        sg = self.module.net.sg_decoder(z).argmax(dim=-1) + 1
+        sg = sg_logits.argmax(dim=-1) + 1
         o = torch.from_numpy(out)
         o[:, :N_SLOTS] = element.to(torch.uint8).cpu()
         o[:, N_SLOTS:N_SLOTS + N_SLOTS * N_LETTERS] = letters_u8.view(len(z), -1).cpu()
         o[:, N_SLOTS + N_SLOTS * N_LETTERS] = sg.to(torch.uint8).cpu()
-        props[:] = self.module.predict_properties(z).cpu().numpy()
+        props[:] = properties.cpu().numpy()
         return True
 
 
