@@ -170,10 +170,13 @@ def _shift(noise: np.ndarray, done: int, samples_per_origin: int, origin_latent,
         noise += origin_latent[index]
 
 
+MAX_WORKERS = 16  # batches in flight hold ~35 MB each
+
+
 def _workers(module) -> int:
     """Batches decoded at once: one per torch CPU thread (each decodes single-threaded, which
     avoids the intra-op synchronization of small products), one on an accelerator."""
-    return max(1, torch.get_num_threads()) if module.device.type == "cpu" else 1
+    return min(MAX_WORKERS, max(1, torch.get_num_threads())) if module.device.type == "cpu" else 1
 
 
 def decode_and_merge(module, origin_latent: np.ndarray, samples_per_origin: int, noise_scale: float, seed: int,
@@ -186,7 +189,8 @@ def decode_and_merge(module, origin_latent: np.ndarray, samples_per_origin: int,
     The noise is drawn in order in the calling thread (the reference's generator calls); up to
     ``workers`` batches are decoded concurrently, each in chunks of ``chunk`` points (the
     products' values do not depend on how the rows are split), and the merged batches are folded
-    in batch order."""
+    in batch order. With more than one worker, torch's (process-wide) thread count is 1 while
+    this runs and restored afterwards."""
     module.eval()
     rng = np.random.default_rng(seed)
     origin_latent = np.ascontiguousarray(origin_latent, dtype=np.float32)
