@@ -71,7 +71,8 @@ def _model(work: Path, genes, epochs: int) -> str:
     t = time.perf_counter()
     result = train_pvae(genes, PVAEConfig(max_epochs=epochs), work / "model", accelerator="cpu", devices=1, log=None)
     print(f"PVAE: {epochs} epochs in {time.perf_counter() - t:.0f} s, validation "
-          f"Wyckoff accuracy {result.metrics['wyckoff_accuracy']:.3f}, SG accuracy {result.metrics['space_group_accuracy']:.3f}")
+          f"Wyckoff accuracy {result.metrics['wyckoff_accuracy']:.3f}, "
+          f"SG accuracy {result.metrics['space_group_accuracy']:.3f}")
     stamp.write_text(json.dumps({"epochs": epochs, "checkpoint": str(result.checkpoint_path)}))
     return str(result.checkpoint_path)
 

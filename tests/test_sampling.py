@@ -173,7 +173,8 @@ def test_invalid_decoded_rows_are_kept_as_today_and_counted():
     table, stats = genes_table(*args)
     assert_same_table(table, genes_from_decoded(*args))
     assert sorted(table["gene_key"].to_list()) == sorted([
-        "|12|{}", 'Ca|62|{"Ca": ["4c"], "O": ["0x"]}', gene_key("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1a"], "O": ["3d"]})])
+        "|12|{}", 'Ca|62|{"Ca": ["4c"], "O": ["0x"]}',
+        gene_key("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1a"], "O": ["3d"]})])
     assert stats["decoded_rows_without_atoms"] == 1 and stats["decoded_points_without_atoms"] == 2
     assert stats["decoded_rows_letter_outside_space_group"] == 1
     assert stats["decoded_points_letter_outside_space_group"] == 3
