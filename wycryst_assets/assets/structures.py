@@ -3,6 +3,7 @@ an MLIP (CHGNet default), run locally or on Slurm through the ``compute`` resour
 
 import hashlib
 import json
+from typing import Literal
 
 import dagster as dg
 import polars as pl
@@ -14,12 +15,14 @@ from wycryst_assets.assets.snapshot import mp_snapshot
 from wycryst_assets.partitions import current_registry, targets_partitions
 from wycryst_assets.plots import bar_chart_markdown, markdown_table, rounded_rows
 from wycryst_assets.resources import ComputeResource
+from ml.selection import Selection
 from wycryst_assets.warehouse import read_table, replace_partition
 
 TRIAL_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
     "trial": pl.Int32, "seed": pl.Int64, "verdict": pl.String, "reason": pl.String, "min_distance": pl.Float64,
     "space_group_built": pl.Int32, "n_atoms": pl.Int32, "seconds": pl.Float64, "cif_path": pl.String,
+    "selection": pl.String, "selection_seed": pl.Int64, "selection_rank": pl.Int64,
 }
 RELAXED_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
@@ -70,8 +73,13 @@ class TrialStructuresConfig(dg.Config):
     # which symmetry wins (the paper's BaTiO3 run relaxed 26 genes in 11 SGs): by hits alone the
     # held-out BaTiO3 R3m gene is 42nd of 227; round robin would drop CaTiO3's second Pnma
     # configuration, the strongest rival. "auto": hits_then_space_groups for ground_state
-    # partitions, hits otherwise.
-    ranking: str = "auto"
+    # partitions, hits otherwise. Rules for a measurement of the budget (ml.selection): "random"
+    # (a seeded uniform sample of the passed genes: the generator's intrinsic S.U.N. rate),
+    # "random_by_hits" (drawn in proportion to hits: raw samples at random, repeats dropped, the
+    # anchors' protocol), "predicted_formation_energy", "synthesizability",
+    # "chemical_system_round_robin" (diversity-aware, predicted E_f within each system).
+    ranking: Literal["auto", Selection] = "auto"
+    selection_seed: int = 0  # the random rules' seed
     seed: int = 0
     max_attempts: int = 10
     min_distance: float = 0.5  # Angstrom, the paper's validity metric
@@ -90,17 +98,18 @@ class TrialStructuresConfig(dg.Config):
 def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresConfig, warehouse: DuckDBResource):
     from dft.pipeline import build_gene_trials
 
-    from ml.filters import rank_genes
+    from ml.selection import rank_for_budget
 
     key = context.partition_key
     ranking = config.ranking
     if ranking == "auto":
         ranking = "hits_then_space_groups" if current_registry().get(key).task == "ground_state" else "hits"
     with warehouse.get_connection() as conn:
-        genes = read_table(conn, "SELECT formula, space_group, wyckoff, gene_key, hits FROM filtered_genes "
-                           "WHERE target = ? AND passed", [key])
+        genes = read_table(conn, "SELECT formula, space_group, wyckoff, gene_key, hits, predicted_formation_energy, "
+                           "synthesizability FROM filtered_genes WHERE target = ? AND passed", [key])
     try:
-        chosen = rank_genes(genes, ranking, budget=config.max_genes).head(config.max_genes)
+        chosen = rank_for_budget(genes, ranking, budget=config.max_genes, seed=config.selection_seed
+                                 ).head(config.max_genes)
     except ValueError as exc:
         raise dg.Failure(str(exc)) from exc
     context.log.info(f"{key}: {genes.height} passed genes, building trials for {chosen.height} (ranked by {ranking}, "
@@ -108,7 +117,8 @@ def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresC
     out_dir = settings.artifacts_dir() / "trial_structures" / key
     rows = []
     for i, gene in enumerate(chosen.iter_rows(named=True)):
-        rows += [dict(r, target=key) for r in build_gene_trials(
+        rows += [dict(r, target=key, selection=ranking, selection_seed=config.selection_seed,
+                      selection_rank=gene["selection_rank"]) for r in build_gene_trials(
             gene, seed=config.seed, out_dir=out_dir, max_attempts=config.max_attempts,
             min_distance=config.min_distance)]
         if (i + 1) % 10 == 0:
