@@ -139,8 +139,9 @@ def spot_check_agreement(rows: Iterable[Mapping], threshold: float) -> dict:
         if m is None or p is None:
             not_compared.append({"formula": r.get("formula"), "reason": r.get("reason") or "no PBE energy"})
             continue
+        calls = (m <= threshold, p <= threshold)
         key = {(True, True): "both_stable", (True, False): "mlip_stable_pbe_unstable",
-               (False, True): "mlip_unstable_pbe_stable", (False, False): "both_unstable"}[(m <= threshold, p <= threshold)]
+               (False, True): "mlip_unstable_pbe_stable", (False, False): "both_unstable"}[calls]
         counts[key] += 1
     compared = sum(counts.values())
     agree = counts["both_stable"] + counts["both_unstable"]

@@ -270,7 +270,8 @@ def generator_metrics(filtered: pl.DataFrame | None, trials: pl.DataFrame | None
                  "CDVAE / MatterGen / DiffCSP structural validity: min distance > 0.5 A (unrelaxed)", ("validity",)))
     else:
         add(_Row("validity", "min_distance_after_relaxation", None, None, relaxed_n, rel_is, decided, "",
-                 ("validity",), absent("relaxed_structures") or "relaxed structures not read (no min_distance_relaxed)"))
+                 ("validity",),
+                 absent("relaxed_structures") or "relaxed structures not read (no min_distance_relaxed)"))
 
     # ---------------------------------------------------------------- uniqueness
     add(_Row("uniqueness", "unique_samples", _ratio(distinct if filtered is not None else None, samples),
@@ -291,7 +292,8 @@ def generator_metrics(filtered: pl.DataFrame | None, trials: pl.DataFrame | None
     add(_Row("novelty", "novel_samples", novelty, novel_valid, valid_samples,
              "Wyckoff-valid generated samples (hits-weighted)", "gene_key not among the snapshot's genes",
              "WyFormer table 'Source Novelty': " + anchors.wyformer_column("source_novelty") +
-             " (raw-sample novelty x in-DFT novelty)", ("novelty_level", "reference"), "; ".join(filter(None, [note, loo_note]))))
+             " (raw-sample novelty x in-DFT novelty)", ("novelty_level", "reference"),
+             "; ".join(filter(None, [note, loo_note]))))
     novel_rel = None if best is None else int(best["is_novel"].fill_null(False).sum())
     add(_Row("novelty", "novel_after_relaxation", _ratio(novel_rel, relaxed_n), novel_rel, relaxed_n, rel_is,
              "StructureMatcher (default tolerances) vs snapshot structures of the same reduced formula",
@@ -332,7 +334,8 @@ def generator_metrics(filtered: pl.DataFrame | None, trials: pl.DataFrame | None
         add(_Row("stability", f"sun_rate_e{t:g}", value, count, selected,
                  sel_is + "; value = novel_samples x numerator / denominator (WyFormer's S.U.N.)", decided,
                  published, sun_protocol,
-                 "; ".join(filter(None, [absent("relaxed_structures"), absent("filtered_genes") and "no sample novelty"]))))
+                 "; ".join(filter(None, [absent("relaxed_structures"),
+                                         absent("filtered_genes") and "no sample novelty"]))))
         add(_Row("stability", f"sun_in_relaxed_sample_e{t:g}", in_relaxed, count, selected,
                  sel_is + " (S.U.N. counted once per distinct crystal)", decided,
                  "LeMat-GenBench SUN (t = 0): #(stable -> unique -> novel) / #G" if t == 0 else "",
@@ -354,7 +357,8 @@ def generator_metrics(filtered: pl.DataFrame | None, trials: pl.DataFrame | None
         computed = phonons.filter(pl.col("verdict").is_in(["stable", "unstable", "failed"]))
         stable_ph = int((computed["verdict"] == "stable").sum())
         failed_ph = int((computed["verdict"] == "failed").sum())
-        ph_model = ",".join(sorted({str(r) for r in best["relaxer"].drop_nulls().to_list()})) if _col(best, "relaxer") else "?"
+        ph_model = (",".join(sorted({str(r) for r in best["relaxer"].drop_nulls().to_list()}))
+                    if _col(best, "relaxer") else "?")
         add(_Row("dynamics", "dynamically_stable", _ratio(stable_ph, computed.height), stable_ph, computed.height,
                  "genes whose phonons were computed (stable + unstable + failed; skipped excluded)",
                  f"phonopy with {ph_model} (the relaxation's potential)",
@@ -369,7 +373,8 @@ def generator_metrics(filtered: pl.DataFrame | None, trials: pl.DataFrame | None
         stable_genes = set()
     ph_sun = None
     if best is not None and phonons is not None:
-        ph_sun = _distinct_crystals(best.filter(energy_ok(None, meta_t) & novel & pl.col("gene_key").is_in(sorted(stable_genes))))
+        phonon_stable = pl.col("gene_key").is_in(sorted(stable_genes))
+        ph_sun = _distinct_crystals(best.filter(energy_ok(None, meta_t) & novel & phonon_stable))
     add(_Row("dynamics", f"phonon_stable_sun_e{meta_t:g}", _ratio(ph_sun, selected), ph_sun, selected,
              sel_is + f" (E_hull <= {meta_t:g}, unique, novel, phonon-stable)", f"{decided}; phonons by the same model",
              f"WyCryst paper: {anchors.WYCRYST_PAPER['phonon_stable']} phonon-stable new materials of "
@@ -384,14 +389,14 @@ def generator_metrics(filtered: pl.DataFrame | None, trials: pl.DataFrame | None
             sun = sun.unique("crystal_id", keep="first", maintain_order=True)
         n_sun = sun.height
         sgs = int(sun["sg_after"].fill_null(sun["space_group"]).n_unique()) if n_sun else 0
-        protos = len({prototype_label(f, sg, w) for f, sg, w in sun.select("formula", "space_group", "wyckoff").rows()}) if n_sun else 0
+        protos = len({prototype_label(f, sg, w) for f, sg, w in sun.select("formula", "space_group", "wyckoff").rows()})
         systems = len({chemical_system(f) for f in sun["formula"].to_list()}) if n_sun else 0
     else:
         n_sun = sgs = protos = systems = None
     sun_is = f"S.U.N. crystals (E_hull <= {dt:g}, novel, one per distinct crystal)"
     lemat_div = "LeMat-GenBench diversity: Vendi scores of element / space-group / site-number distributions"
     for name, value, how in (("distinct_space_groups_sun", sgs, "relaxed space group"),
-                             ("distinct_prototypes_sun", protos, "ml.generator_metrics.prototype_label (anonymous gene)"),
+                             ("distinct_prototypes_sun", protos, "prototype_label (anonymous AFLOW-like gene label)"),
                              ("distinct_chemical_systems_sun", systems, "elements of the formula")):
         add(_Row("diversity", name, None if value is None else float(value), value, n_sun, sun_is,
                  f"{how}; S.U.N. by {decided}", lemat_div, (), absent("relaxed_structures") or
@@ -418,7 +423,8 @@ def metrics_markdown(metrics: pl.DataFrame) -> str:
         ours = "n/a" if v is None else (f"{100 * v:.1f} %" if r["group"] != "diversity" else f"{v:g}")
         num, den = r["numerator"], r["denominator"]
         frac = "" if den is None else f"{'-' if num is None else f'{num:g}'} / {den:g}"
-        keys = [part[1:part.index("]")] for part in (r["protocol_differences"] or "").split("; ") if part.startswith("[")]
+        parts = (r["protocol_differences"] or "").split("; ")
+        keys = [part[1:part.index("]")] for part in parts if part.startswith("[")]
         used += [k for k in keys if k not in used]
         notes = f" ({r['notes']})" if r["notes"] else ""
         cells = [r["group"], r["metric"], ours + notes, frac, r["denominator_is"], r["decided_by"], r["published"],
