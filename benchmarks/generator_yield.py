@@ -39,6 +39,17 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f} %"
 
 
+def _pct_ci(row: dict) -> str:
+    if row.get("value") is None:
+        return "n/a"
+    ci = "" if row.get("ci95_low") is None else f" [{100 * row['ci95_low']:.0f}-{100 * row['ci95_high']:.0f}]"
+    return f"{100 * row['value']:.1f} %{ci}"
+
+
+def _n(v) -> int | None:
+    return None if v is None else int(v)
+
+
 def _table(rows: list[dict]) -> str:
     cols = list(rows[0])
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -163,12 +174,12 @@ def main() -> None:
     for rule in rules:
         sel = m(rule, "sun_in_relaxed_sample_e0.08")
         yield_rows.append({
-            "rule": rule, "selected": sel.get("denominator"),
-            "S.U.N. <= 0 (n)": m(rule, "sun_in_relaxed_sample_e0").get("numerator"),
-            "S.U.N. <= 0.08 (n)": sel.get("numerator"), "S.U.N. <= 0.08 / selected": _pct(sel.get("value")),
-            "WyFormer S.U.N. rate <= 0.08": _pct(m(rule, "sun_rate_e0.08").get("value")),
-            "MetaSUN (0, 0.1] (n)": m(rule, "metasun_e0.1").get("numerator"),
-            "phonon-stable S.U.N. <= 0.1 (n)": m(rule, "phonon_stable_sun_e0.1").get("numerator"),
+            "rule": rule, "selected": _n(sel.get("denominator")),
+            "S.U.N. <= 0 (n)": _n(m(rule, "sun_in_relaxed_sample_e0").get("numerator")),
+            "S.U.N. <= 0.08 (n)": _n(sel.get("numerator")), "S.U.N. <= 0.08 / selected [95 % CI]": _pct_ci(sel),
+            "WyFormer S.U.N. rate <= 0.08 [95 % CI]": _pct_ci(m(rule, "sun_rate_e0.08")),
+            "MetaSUN (0, 0.1] (n)": _n(m(rule, "metasun_e0.1").get("numerator")),
+            "phonon-stable S.U.N. <= 0.1 (n)": _n(m(rule, "phonon_stable_sun_e0.1").get("numerator")),
             "dynamically stable": _pct(m(rule, "dynamically_stable").get("value")),
             "relaxations run / reused": f"{results[rule]['relaxations_run']} / {results[rule]['relaxations_reused']}",
             "wall s": round(results[rule]["seconds"]),
@@ -188,7 +199,7 @@ def main() -> None:
         for rule in shown + ranked:
             r = m(rule, name)
             v = r.get("value")
-            row[rule] = ("n/a" if v is None else f"{v:g}" if first.get("group") == "diversity" else _pct(v)) + (
+            row[rule] = ("n/a" if v is None else f"{v:g}" if first.get("group") == "diversity" else _pct_ci(r)) + (
                 "" if r.get("denominator") is None else f" ({r.get('numerator') or 0:g}/{r['denominator']:g})")
         row["published (theirs)"] = (first.get("published") or "").replace("|", "/")
         rows.append(row)

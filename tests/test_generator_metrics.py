@@ -190,6 +190,14 @@ def test_each_metric_on_the_hand_built_set(tables):
     assert "WyFormer 23.5 %" in metric(df, "sun_rate_e0.08")["published"]
     assert "[energy]" in metric(df, "sun_rate_e0.08")["protocol_differences"]
     assert set(df["selection"]) == {"hits"}
+    # 95 % Wilson intervals (scipy's binomtest as the reference), scaled by the sample novelty for the rate
+    from scipy.stats import binomtest
+
+    ci = binomtest(2, 7).proportion_ci(confidence_level=0.95, method="wilson")
+    sun = metric(df, "sun_in_relaxed_sample_e0.08")
+    assert (sun["ci95_low"], sun["ci95_high"]) == pytest.approx((ci.low, ci.high), abs=1e-4)
+    assert metric(df, "sun_rate_e0.08")["ci95_high"] == pytest.approx(ci.high * 92 / 122, abs=1e-4)
+    assert metric(df, "distinct_prototypes_sun")["ci95_low"] is None
     table = metrics_markdown(df)
     assert table.count("\n| ") == df.height and "Protocol differences" in table  # header + one line per metric
 
