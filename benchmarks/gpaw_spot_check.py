@@ -44,8 +44,8 @@ def main() -> None:
     import polars as pl
 
     from dft.energetics import SnapshotHull
-    from dft.spot_check import (decomposition_energy, gpaw_setup_elements, phase_energy_task, plan_spot_check,
-                                spot_check_agreement)
+    from dft.spot_check import (decomposition_energy, gpaw_reference_elements, gpaw_setup_elements, phase_energy_task,
+                                plan_spot_check, spot_check_agreement)
     from wycryst_assets import settings
     from wycryst_assets.assets.sampling import _load_model_manifest
 
@@ -63,8 +63,9 @@ def main() -> None:
                 .unique("formula_pretty", keep="first"))
     element_materials = dict(zip(elements["formula_pretty"], elements["material_id"]))
     have = set(mats.filter(pl.col("cif").is_not_null())["material_id"].to_list())
-    plan = plan_spot_check(best, hull, setup_elements=gpaw_setup_elements(), element_materials=element_materials,
-                           have_structure=have)
+    setups = gpaw_setup_elements()
+    plan = plan_spot_check(best, hull, setup_elements=setups, element_materials=element_materials,
+                           have_structure=have, reference_elements=gpaw_reference_elements(setups))
     print(f"{key}: {best.height} S.U.N. candidates (novel, MLIP E_hull <= {args.sun_threshold}); "
           f"{int(plan['checkable'].sum())} checkable by GPAW")
     print(plan.select("formula", "mlip_e_above_hull", "checkable", "reason", "phases").to_pandas().to_string())
@@ -91,13 +92,21 @@ def main() -> None:
         refined = pl.from_arrow(conn.execute("SELECT gene_key, energy_per_atom, mode, verdict FROM refined_structures "
                                              "WHERE target = ? AND energy_per_atom IS NOT NULL", [key]).arrow())
     pbe = dict(zip(refined["gene_key"], refined["energy_per_atom"]))
-    chosen = [r for r in plan.filter(pl.col("checkable")).iter_rows(named=True) if r["gene_key"] in pbe][:args.candidates]
+    checkable = plan.filter(pl.col("checkable")).iter_rows(named=True)
+    chosen = [r for r in checkable if r["gene_key"] in pbe][:args.candidates]
     cifs = dict(zip(mats["material_id"], mats["cif"]))
     gpaw_settings = {"ecut": args.ecut, "kpts": {"density": args.kpts_density, "gamma": True}}
     base = settings.artifacts_dir() / "gpaw_spot_check" / key
-    tasks = {f"{p['name']}-{int(args.ecut)}-{args.kpts_density}": {
-        "cif": cifs[p["name"]], "settings": gpaw_settings, "workdir": str(base / "runs" / p["name"])}
-        for r in chosen for p in json.loads(r["phases"])}
+    tasks = {}
+    for r in chosen:
+        for p in json.loads(r["phases"]):
+            if p["name"].startswith("element:"):
+                source = {"element": p["name"].split(":", 1)[1],
+                          "cache_dir": str(settings.artifacts_dir() / "gpaw_references")}
+            else:
+                source = {"cif": cifs[p["name"]]}
+            tasks[f"{p['name']}-{int(args.ecut)}-{args.kpts_density}"] = {
+                **source, "settings": gpaw_settings, "workdir": str(base / "runs" / p["name"].replace(":", "_"))}
     from dft.hpc import ComputeConfig
 
     phase_energies = run_tasks(phase_energy_task, tasks, ComputeConfig(max_workers=1, folder=base / "submitit"),

@@ -19,8 +19,10 @@ the hull but MP does not is not tried); MP2020's anion corrections (Se, Te, ...)
 PBE's reaction energies, which matters when elemental anions are among the phases.
 
 A candidate is checkable when GPAW has a PAW setup for each of its elements (Debian's
-gpaw-data has none for most lanthanides, e.g. Tb, Tm) and the snapshot has a structure for each
-decomposition phase; others are listed with the reason.
+gpaw-data has none for most lanthanides, e.g. Tb, Tm) and every decomposition phase has a
+structure: the snapshot's, or for an element the snapshot lacks, GPAW's own reference state where
+ASE can build one (not B, Ga, Se, Te: :func:`dft.gpaw_engine.reference_atoms`); others are listed
+with the reason.
 """
 
 from __future__ import annotations
@@ -65,17 +67,35 @@ def hull_phases(hull, formula: str) -> list[dict]:
             for e, f in sorted(decomposition.items(), key=lambda kv: -kv[1])]
 
 
+def gpaw_reference_elements(elements: Iterable[str]) -> frozenset[str]:
+    """The elements among ``elements`` that :func:`dft.gpaw_engine.reference_atoms` can build a
+    reference state for (ASE's reference crystal, or the X2 molecule)."""
+    from dft.gpaw_engine import reference_atoms
+
+    ok = set()
+    for el in set(elements):
+        try:
+            reference_atoms(el)
+            ok.add(el)
+        except ValueError:
+            pass
+    return frozenset(ok)
+
+
 def plan_spot_check(candidates: pl.DataFrame, hull, *, setup_elements: Iterable[str],
-                    element_materials: Mapping[str, str], have_structure: Iterable[str]) -> pl.DataFrame:
+                    element_materials: Mapping[str, str], have_structure: Iterable[str],
+                    reference_elements: Iterable[str] = ()) -> pl.DataFrame:
     """Which candidates (rows with ``gene_key``, ``formula``, ``e_above_hull``) can be checked,
-    and the phases to compute for each (JSON, material ids; an elemental end point is replaced by
-    ``element_materials[symbol]``, the snapshot's lowest-energy structure of that element).
+    and the phases to compute for each (JSON; ``name`` a material id, or ``element:<symbol>``).
+    An elemental end point of the hull becomes ``element_materials[symbol]`` (the snapshot's
+    lowest-energy structure of that element) or, where the snapshot has none, GPAW's own
+    reference state for the elements in ``reference_elements`` (:func:`gpaw_reference_elements`).
     ``have_structure``: material ids the snapshot has a structure for."""
     import json
 
     from pymatgen.core import Composition
 
-    setups, have = set(setup_elements), set(have_structure)
+    setups, have, refs = set(setup_elements), set(have_structure), set(reference_elements)
     rows = []
     for r in candidates.iter_rows(named=True):
         row = {"gene_key": r["gene_key"], "formula": r["formula"], "mlip_e_above_hull": r.get("e_above_hull"),
@@ -93,9 +113,15 @@ def plan_spot_check(candidates: pl.DataFrame, hull, *, setup_elements: Iterable[
             rows.append(row)
             continue
         for p in phases:
-            if p["name"] in element_materials:  # the hull's elemental end point -> a real crystal
-                p["name"] = element_materials[p["name"]]
-        absent = [p["name"] for p in phases if p["name"] not in have]
+            comp = Composition(p["formula"])
+            if not comp.is_element or p["name"] in have:
+                continue
+            symbol = comp.elements[0].symbol  # an elemental phase without a structure of its own
+            if element_materials.get(symbol) in have:
+                p["name"] = element_materials[symbol]
+            elif symbol in refs:
+                p["name"] = f"element:{symbol}"
+        absent = [p["name"] for p in phases if p["name"] not in have and not p["name"].startswith("element:")]
         if absent:
             row["reason"] = f"no snapshot structure for phase(s) {', '.join(absent)}"
         else:
@@ -106,12 +132,21 @@ def plan_spot_check(candidates: pl.DataFrame, hull, *, setup_elements: Iterable[
 
 
 def phase_energy_task(payload: dict) -> dict:
-    """GPAW single point of one snapshot structure (payload: ``cif`` text, ``settings``,
-    ``workdir``, ``timeout_s``) -> ``{"energy_per_atom", "n_atoms", "seconds"}``; a run_tasks task."""
+    """GPAW energy per atom of one phase, a run_tasks task. payload: ``cif`` text (a single point
+    of the snapshot structure's primitive cell) or ``element`` (GPAW's relaxed reference state,
+    :func:`dft.gpaw_engine.gpaw_elemental_references`, cached in ``cache_dir``), ``settings``,
+    ``workdir``, ``timeout_s`` -> ``{"energy_per_atom", "n_atoms", "seconds"}``."""
     from pymatgen.core import Structure
 
-    from dft.gpaw_engine import gpaw_single_point
+    from dft.gpaw_engine import gpaw_elemental_references, gpaw_single_point
     from dft.relax import primitive_cell
+
+    if payload.get("element"):
+        refs = gpaw_elemental_references([payload["element"]], payload["cache_dir"], relax=True,
+                                         timeout_s=payload.get("timeout_s"), **(payload.get("settings") or {}))
+        if payload["element"] not in refs:
+            return {"verdict": "failed", "reason": f"no GPAW reference for {payload['element']}"}
+        return {"energy_per_atom": refs[payload["element"]], "n_atoms": None, "seconds": None}
 
     structure = primitive_cell(Structure.from_str(payload["cif"], fmt="cif"))
     out = gpaw_single_point(structure, workdir=payload.get("workdir"), timeout_s=payload.get("timeout_s"),

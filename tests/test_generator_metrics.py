@@ -380,6 +380,12 @@ def test_spot_check_plan_uses_the_snapshot_hull_and_lists_what_cannot_be_checked
     assert plan[0]["checkable"] and {p["name"] for p in json.loads(plan[0]["phases"])} == {"mp-bt", "mp-bi"}
     assert not plan[1]["checkable"] and plan[1]["reason"] == "no GPAW PBE setup for Tb"
     assert plan[2]["checkable"] is False and "no snapshot structure" in plan[2]["reason"]  # no Ag, Te structures
+    # with GPAW's own reference state for Ag and a Te crystal in the snapshot, AgBiTe2 becomes checkable
+    agbite2 = plan_spot_check(candidates.slice(2, 1), hull, setup_elements=setups, element_materials={"Te": "mp-te"},
+                              have_structure={"mp-bt", "mp-te"}, reference_elements={"Ag"}).to_dicts()[0]
+    assert agbite2["checkable"], agbite2
+    names = {p["name"] for p in json.loads(agbite2["phases"])}
+    assert "element:Ag" in names and names <= {"element:Ag", "mp-bt", "mp-te"}
     setups_with_iodine = setups | {"I"}
     bitei = plan_spot_check(candidates.tail(1), hull, setup_elements=setups_with_iodine, element_materials={},
                             have_structure=set()).to_dicts()[0]
@@ -464,3 +470,31 @@ def test_a_gene_two_rules_both_select_is_relaxed_once(tmp_path):
             if a["cif_path"]:
                 assert open(a["cif_path"], "rb").read() == open(b["cif_path"], "rb").read()
                 assert _relax_key(a, "chgnet", 0.05, 300) == _relax_key(b, "chgnet", 0.05, 300)
+
+
+@pytest.mark.slow
+def test_gpaw_phase_energies_for_the_spot_check(tmp_path):
+    """The two kinds of phase the spot check computes, with real GPAW: a snapshot
+    crystal (conventional diamond Si, 8 atoms, reduced to its 2-atom primitive cell) and GPAW's own
+    relaxed reference state of the element (ASE's diamond Si). The same crystal, so the reaction
+    energy between them is ~0 (the reference is relaxed: a few meV/atom lower at most)."""
+    import os
+
+    from dft.gpaw_engine import gpaw_available, gpaw_python
+    from dft.spot_check import decomposition_energy, phase_energy_task
+
+    if not gpaw_available():
+        message = f"GPAW not importable by {gpaw_python()} (Debian: apt-get install gpaw gpaw-data)"
+        if os.environ.get("WYCRYST_REQUIRE_GPAW") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    # the platform's settings: >= 600 eV (Pulay stress below), k density 3.5 (at 1.5 the relaxed Si reference
+    # drops from a 4x4x4 to a 3x3x3 mesh and its energy jumps by 0.2 eV/atom)
+    gpaw = {"ecut": 600, "kpts": {"density": 3.5, "gamma": True}}
+    si = Structure(Lattice.cubic(5.43), ["Si"] * 8, [[0, 0, 0], [.5, .5, 0], [.5, 0, .5], [0, .5, .5], [.25, .25, .25],
+                                                     [.75, .75, .25], [.75, .25, .75], [.25, .75, .75]])
+    crystal = phase_energy_task({"cif": si.to(fmt="cif"), "settings": gpaw, "workdir": str(tmp_path / "si")})
+    element = phase_energy_task({"element": "Si", "cache_dir": str(tmp_path / "refs"), "settings": gpaw,
+                                 "workdir": str(tmp_path / "ref")})
+    assert crystal["n_atoms"] == 2
+    assert 0.0 <= decomposition_energy(crystal["energy_per_atom"], [(1.0, element["energy_per_atom"])]) < 0.02
