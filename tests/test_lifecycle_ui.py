@@ -57,7 +57,7 @@ def _selector(context, job):
 
 BAD_VALUES = [
     ("relaxed_structures", {"relaxer": "mace"}, "relaxer"),
-    ("trial_structures", {"ranking": "random"}, "ranking"),
+    ("trial_structures", {"ranking": "at_random"}, "ranking"),
     ("sampled_genes", {"noise_unit": "sigma"}, "noise_unit"),
     ("refined_structures", {"mode": "relaxed"}, "mode"),
 ]

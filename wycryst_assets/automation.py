@@ -1,7 +1,7 @@
 """Declarative automation: which assets Dagster re-materializes on its own, and the sensor that
 evaluates their conditions (running by default, so nothing has to be switched on in the UI).
 
-Only the reports are automated. ``loo_report`` and ``sun_report`` take seconds and only summarize
+Only the reports are automated. ``loo_report``, ``sun_report`` and ``generator_metrics`` take seconds and only summarize
 their partition's tables, so they should never lag behind them: :data:`REPORT_AUTOMATION` is
 ``AutomationCondition.eager()`` -- a partition's report is requested after any of its upstream
 partitions is updated (a rerun of relaxed_structures from the UI, a DFT refinement, a release
@@ -30,8 +30,8 @@ REPORT_AUTOMATION = (
 
 report_automation_sensor = dg.AutomationConditionSensorDefinition(
     "report_automation",
-    target=dg.AssetSelection.assets("loo_report", "sun_report"),
+    target=dg.AssetSelection.assets("loo_report", "sun_report", "generator_metrics"),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=60,
-    description="Keeps loo_report and sun_report up to date with their partition's tables (eager).",
+    description="Keeps loo_report, sun_report and generator_metrics up to date with their partition's tables (eager).",
 )

@@ -8,6 +8,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from dft.relax import RELAXERS
+from ml.selection import Selection
 from wycryst_assets import settings
 from wycryst_assets.assets.sampling import filtered_genes
 from wycryst_assets.assets.snapshot import mp_snapshot
@@ -23,6 +24,7 @@ TRIAL_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
     "trial": pl.Int32, "seed": pl.Int64, "verdict": pl.String, "reason": pl.String, "min_distance": pl.Float64,
     "space_group_built": pl.Int32, "n_atoms": pl.Int32, "seconds": pl.Float64, "cif_path": pl.String,
+    "selection": pl.String, "selection_seed": pl.Int64, "selection_rank": pl.Int64,
 }
 RELAXED_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
@@ -52,8 +54,13 @@ class TrialStructuresConfig(dg.Config):
     # which symmetry wins (the paper's BaTiO3 run relaxed 26 genes in 11 SGs): by hits alone the
     # held-out BaTiO3 R3m gene is 42nd of 227; round robin would drop CaTiO3's second Pnma
     # configuration, the strongest rival. "auto": ml.filters.resolve_ranking (hits_then_space_groups
-    # for ground_state partitions, hits otherwise).
-    ranking: Literal["auto", "hits", "space_group_round_robin", "hits_then_space_groups"] = "auto"
+    # for ground_state partitions, hits otherwise). Rules for a measurement of the budget
+    # (ml.selection): "random" (a seeded uniform sample of the passed genes: the generator's
+    # intrinsic S.U.N. rate), "random_by_hits" (drawn in proportion to hits: raw samples at random,
+    # repeats dropped, the anchors' protocol), "predicted_formation_energy", "synthesizability",
+    # "chemical_system_round_robin" (diversity-aware, predicted E_f within each system).
+    ranking: Literal["auto", Selection] = "auto"
+    selection_seed: int = 0  # the random rules' seed
     seed: int = 0
     max_attempts: int = 10
     min_distance: float = 0.5  # Angstrom, the paper's validity metric
@@ -71,20 +78,22 @@ class TrialStructuresConfig(dg.Config):
 )
 def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresConfig, warehouse: DuckDBResource):
     from dft.pipeline import build_gene_trials
-    from ml.filters import rank_genes, resolve_ranking
+    from ml.filters import resolve_ranking
+    from ml.selection import rank_for_budget
 
     key = context.partition_key
     ranking = resolve_ranking(config.ranking, current_registry().get(key).task)
     with warehouse.get_connection() as conn:
-        genes = read_table(conn, "SELECT formula, space_group, wyckoff, gene_key, hits FROM filtered_genes "
-                           "WHERE target = ? AND passed", [key])
-    chosen = rank_genes(genes, ranking, budget=config.max_genes).head(config.max_genes)
+        genes = read_table(conn, "SELECT formula, space_group, wyckoff, gene_key, hits, predicted_formation_energy, "
+                           "synthesizability FROM filtered_genes WHERE target = ? AND passed", [key])
+    chosen = rank_for_budget(genes, ranking, budget=config.max_genes, seed=config.selection_seed).head(config.max_genes)
     context.log.info(f"{key}: {genes.height} passed genes, building trials for {chosen.height} (ranked by {ranking}, "
                      f"{chosen['space_group'].n_unique()} space groups)")
     out_dir, rows = settings.artifacts_dir() / "trial_structures" / key, []
     with cpu_budget(context):
         for gene in chosen.iter_rows(named=True):
-            rows += [dict(r, target=key) for r in build_gene_trials(
+            rows += [dict(r, target=key, selection=ranking, selection_seed=config.selection_seed,
+                          selection_rank=gene["selection_rank"]) for r in build_gene_trials(
                 gene, seed=config.seed, out_dir=out_dir, max_attempts=config.max_attempts,
                 min_distance=config.min_distance)]
     df = frame(rows, TRIAL_SCHEMA)
