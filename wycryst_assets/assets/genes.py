@@ -41,6 +41,7 @@ class WyckoffGenesConfig(dg.Config):
     processes: int = 0  # 0 = every core of this machine
     symprec: float = MP_SYMPREC  # MP's SpacegroupAnalyzer tolerance
     angle_tolerance: float = MP_ANGLE_TOLERANCE
+    engine: str = "moyo"  # "moyo": moyopy with a per-row spglib fallback; "spglib": spglib on every row
 
 
 def genes_frames(genes: list[dict], rejections: list[dict]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -84,6 +85,7 @@ def wyckoff_genes(context: dg.AssetExecutionContext, config: WyckoffGenesConfig,
         last[0] = done
 
     start = time.perf_counter()
+    engine_stats: dict = {}
     genes, rejections = build_gene_table(
         materials["material_id"].to_list(),
         materials["cif"].to_list(),
@@ -91,6 +93,9 @@ def wyckoff_genes(context: dg.AssetExecutionContext, config: WyckoffGenesConfig,
         symprec=config.symprec,
         angle_tolerance=config.angle_tolerance,
         progress=progress,
+        engine=config.engine,
+        space_groups=materials["symmetry_number"].to_list(),  # MP's label confirms moyo's group
+        stats=engine_stats,
     )
     build_seconds = time.perf_counter() - start
     gene_df, rejection_df = genes_frames(genes, rejections)
@@ -125,6 +130,11 @@ def wyckoff_genes(context: dg.AssetExecutionContext, config: WyckoffGenesConfig,
             "rows_per_second": dg.MetadataValue.float(round(n / total_seconds, 1)),
             "build_seconds": dg.MetadataValue.float(round(build_seconds, 2)),
             "processes": dg.MetadataValue.int(processes),
+            "symmetry_engine": config.engine,
+            "spglib_fallback_rows": dg.MetadataValue.int(engine_stats.get("fallback_rows", 0)),
+            "spglib_fallbacks_by_reason": dg.MetadataValue.md(
+                markdown_table([{"reason": r, "rows": c} for r, c in engine_stats.get("fallbacks_by_reason", {}).items()])
+            ),
             "top_space_groups": dg.MetadataValue.md(
                 bar_chart_markdown(
                     by_sg["space_group"].to_list(), by_sg["len"].to_list(),
