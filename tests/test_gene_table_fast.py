@@ -132,3 +132,22 @@ def test_supercell_input_falls_back_to_spglib(materials):
 def test_unknown_engine_is_an_error():
     with pytest.raises(ValueError):
         build_gene_table(["a"], ["x"], engine="fast")
+
+
+def test_cubic_cell_without_an_atom_on_the_origin_stays_with_spglib(materials):
+    """The learned cubic setting map is used only with an atom on the input origin (elsewhere
+    spglib's origin choice follows the rounding of its translations): a shifted copy of a cell
+    whose map is known falls back and still gives spglib's row."""
+    from pymatgen.io.cif import CifWriter
+
+    rows = _rows(materials, ["mp-1001833", "mp-1002219"])
+    cif = dict(zip(rows["material_id"], rows["cif"]))
+    gene_row_with_engine("mp-1001833", cif["mp-1001833"], engine="moyo", space_group_label=216)  # learns
+    _, _, fallback = gene_row_with_engine("mp-1002219", cif["mp-1002219"], engine="moyo", space_group_label=216)
+    assert fallback is None
+    structure = parse_cif(cif["mp-1002219"]).to_structure()
+    structure.translate_sites(list(range(len(structure))), [0.1, 0.13, 0.07])
+    shifted = str(CifWriter(structure))
+    row, rej, fallback = gene_row_with_engine("shifted", shifted, engine="moyo", space_group_label=216)
+    ref, _ = gene_row("shifted", shifted, engine="spglib")
+    assert rej is None and fallback == "ambiguous_configuration" and row == ref
