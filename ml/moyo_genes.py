@@ -17,7 +17,9 @@ symmetry search is the cost of the gene table (on cubic lattices ~10-20 ms a cel
   The letters are stored (``wyckoff``, ``wyckoff_letter_counts``), so a moyo gene is accepted only
   when its configuration has one form under every alternative setting (PyXtal's
   ``get_alternatives``, the same maps ``gene_key`` folds): then any origin choice gives the
-  identical row.
+  identical row. For cubic cells (where spglib's symmetry search is slowest) the alternative
+  setting that turns moyo's letters into spglib's is learned per moyo transformation from rows
+  spglib decided, and applied where it is pinned down (see ``_SETTING_MAPS``).
 
 Everything else is handed back as a :class:`Fallback` with a reason, and the caller runs the
 spglib path for that row, so the output is the spglib engine's by construction;
