@@ -28,7 +28,7 @@ from ml.elements import element_index
 from ml.genes import (MP_ANGLE_TOLERANCE, MP_SYMPREC, Gene, GeneError, gene_from_dataset, spglib_dataset,
                       validate_gene)
 from ml.moyo_genes import Fallback, moyo_gene
-from ml.wyckoff import all_tables, install_tables
+from ml.wyckoff import cached_all_tables, install_tables
 
 GENE_COLUMNS = (
     "material_id",
@@ -225,7 +225,7 @@ def build_gene_table(
             collect(_chunk_worker(chunk), chunk)
     else:
         with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(all_tables(),)) as pool:
+                                 initializer=_init_worker, initargs=(cached_all_tables(),)) as pool:
             futures = {pool.submit(_chunk_worker, chunk): chunk for chunk in chunks}
             for future in as_completed(futures):
                 collect(future.result(), futures[future])

@@ -151,3 +151,17 @@ def test_cubic_cell_without_an_atom_on_the_origin_stays_with_spglib(materials):
     row, rej, fallback = gene_row_with_engine("shifted", shifted, engine="moyo", space_group_label=216)
     ref, _ = gene_row("shifted", shifted, engine="spglib")
     assert rej is None and fallback == "ambiguous_configuration" and row == ref
+
+
+def test_wyckoff_tables_cache_round_trips(tmp_path, monkeypatch):
+    from ml import wyckoff
+
+    monkeypatch.setenv("WYCRYST_CACHE", str(tmp_path))
+    monkeypatch.setattr(wyckoff, "_TABLES", {})
+    built = wyckoff.cached_all_tables()  # builds from PyXtal and writes the file
+    files = list(tmp_path.glob("wyckoff_tables-pyxtal*.pkl"))
+    assert len(files) == 1 and len(built) == 230
+    monkeypatch.setattr(wyckoff, "_TABLES", {})
+    loaded = wyckoff.cached_all_tables()  # read back
+    assert loaded == built
+    assert loaded[62].sites["c"].multiplicity == 4 and loaded[221].sites["a"].dof == 0
