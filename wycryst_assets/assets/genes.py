@@ -2,7 +2,7 @@
 
 
 import time
-from typing import Optional
+from typing import Literal, Optional
 
 import dagster as dg
 import polars as pl
@@ -43,6 +43,7 @@ class WyckoffGenesConfig(dg.Config):
     processes: Optional[int] = None  # None: this run's CPU budget (wycryst_assets.cpu)
     symprec: float = MP_SYMPREC  # MP's SpacegroupAnalyzer tolerance
     angle_tolerance: float = MP_ANGLE_TOLERANCE
+    engine: Literal["moyo", "spglib"] = "moyo"  # moyo: moyopy with a per-row spglib fallback; spglib: every row
 
 
 def genes_frames(genes: list[dict], rejections: list[dict]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -84,11 +85,13 @@ def wyckoff_genes(context: dg.AssetExecutionContext, config: WyckoffGenesConfig,
     version, n = materials["database_version"][0], materials.height
     start = time.perf_counter()
     with cpu_budget(context) as threads:
-        processes = config.processes or threads
-        context.log.info(f"building genes for {n} materials of {version} on {processes} processes")
+        processes, engine_stats = config.processes or threads, {}
+        context.log.info(f"building genes for {n} materials of {version} on {processes} processes ({config.engine})")
         genes, rejections = build_gene_table(
             materials["material_id"].to_list(), materials["cif"].to_list(), processes=processes,
-            symprec=config.symprec, angle_tolerance=config.angle_tolerance, progress=_progress(context.log.info, n))
+            symprec=config.symprec, angle_tolerance=config.angle_tolerance, progress=_progress(context.log.info, n),
+            engine=config.engine, space_groups=materials["symmetry_number"].to_list(),  # MP's label confirms moyo's
+            stats=engine_stats)
     build_seconds = time.perf_counter() - start
     gene_df, rejection_df = genes_frames(genes, rejections)
     gene_df = gene_df.join(materials.select("material_id", "symmetry_number", *PROPERTY_COLUMNS),
@@ -99,11 +102,11 @@ def wyckoff_genes(context: dg.AssetExecutionContext, config: WyckoffGenesConfig,
     total_seconds = time.perf_counter() - start
     context.log.info(f"{gene_df.height} genes, {rejection_df.height} rejections, {n / total_seconds:.0f} rows/s")
     return dg.MaterializeResult(metadata=_metadata(gene_df, rejection_df, version, processes, n / total_seconds,
-                                                   build_seconds))
+                                                   build_seconds, config.engine, engine_stats))
 
 
 def _metadata(gene_df: pl.DataFrame, rejection_df: pl.DataFrame, version: str, processes: int,
-              rows_per_second: float, build_seconds: float) -> dict:
+              rows_per_second: float, build_seconds: float, engine: str, engine_stats: dict) -> dict:
     reasons = rejection_df.group_by("reason").len().sort("len", descending=True)
     by_sg = gene_df.group_by("space_group").len().sort("len", descending=True).head(40)
     ternaries = gene_df.filter(pl.col("n_elements") == 3)
@@ -120,6 +123,10 @@ def _metadata(gene_df: pl.DataFrame, rejection_df: pl.DataFrame, version: str, p
         "rows_per_second": dg.MetadataValue.float(round(rows_per_second, 1)),
         "build_seconds": dg.MetadataValue.float(round(build_seconds, 2)),
         "processes": dg.MetadataValue.int(processes),
+        "symmetry_engine": engine,
+        "spglib_fallback_rows": dg.MetadataValue.int(engine_stats.get("fallback_rows", 0)),
+        "spglib_fallbacks_by_reason": dg.MetadataValue.md(markdown_table(
+            [{"reason": r, "rows": c} for r, c in engine_stats.get("fallbacks_by_reason", {}).items()])),
         "top_space_groups": dg.MetadataValue.md(bar_chart_markdown(
             by_sg["space_group"].to_list(), by_sg["len"].to_list(),
             title="Genes per space group (top 40)", xlabel="space group", ylabel="genes")),
