@@ -7,7 +7,13 @@ the space group's alternative settings (PyXtal ``Group.get_alternatives``) into 
 paper's Table 3 (CaTiO3 SG 62 with Ti on 4a or 4b is one gene).
 
 Genes come from structures through spglib at MP's tolerances (symprec 0.1, angle 5 deg), the
-same symmetry search that pymatgen's ``SpacegroupAnalyzer(symprec=0.1)`` runs.
+same symmetry search that pymatgen's ``SpacegroupAnalyzer(symprec=0.1)`` runs, and are written
+in the *canonical* configuration of their equivalence class (:func:`canonical_configuration`,
+the smallest canonical JSON over the alternative settings, the one ``gene_key`` is built from):
+which of the equivalent forms a symmetry library's origin choice lands on is arbitrary (spglib
+and moyopy differ on ~11 % of the configurations that have several), so a crystal's stored
+letters do not depend on it. Every alternative setting maps a letter onto one of the same
+multiplicity and DoF, so multiplicities, DoF and atom counts are those of any equivalent form.
 """
 
 from __future__ import annotations
@@ -117,11 +123,24 @@ def equivalent_configurations_of(space_group: int, wyckoff_text: str) -> tuple[s
     return tuple(equivalent_configurations(space_group, json.loads(wyckoff_text)))
 
 
+@functools.lru_cache(maxsize=65536)
+def canonical_configuration_of(space_group: int, wyckoff_text: str) -> str:
+    """The canonical representative (smallest canonical JSON) of the equivalence class of a
+    canonical JSON configuration under the space group's alternative settings (cached)."""
+    return min(equivalent_configurations_of(space_group, wyckoff_text))
+
+
+def canonical_configuration(space_group: int, wyckoff: dict) -> dict[str, list[str]]:
+    """The configuration of ``wyckoff`` that every equivalent form is written as: the same
+    representative :func:`gene_key` is built from, so equivalent crystals get one form."""
+    return json.loads(canonical_configuration_of(int(space_group), wyckoff_json(wyckoff)))
+
+
 def gene_key(formula: str, space_group: int, wyckoff: dict) -> str:
     """One key for a gene and all its equivalent configurations: ``formula|sg|min(json)``,
     the formula normalized to pymatgen's reduced formula."""
-    configurations = equivalent_configurations_of(int(space_group), wyckoff_json(wyckoff))
-    return f"{normalize_formula(formula)}|{int(space_group)}|{min(configurations)}"
+    configuration = canonical_configuration_of(int(space_group), wyckoff_json(wyckoff))
+    return f"{normalize_formula(formula)}|{int(space_group)}|{configuration}"
 
 
 def reduced_formula(counts: dict[str, float]) -> str:
@@ -250,7 +269,9 @@ def gene_from_dataset(ds, numbers) -> tuple[Gene, GeneSummary]:
             "multiplicity_mismatch",
             f"sites give {summary.counts}, conventional cell has {dict(std_counts)}",
         )
-    return Gene(formula, sg, canonical_wyckoff(wyckoff)), summary
+    # spglib's letters are one of the equivalent forms (its origin choice); the gene is the
+    # canonical one (same multiplicities, DoF and counts, so ``summary`` holds for it too)
+    return Gene(formula, sg, canonical_configuration(sg, wyckoff)), summary
 
 
 def gene_from_cell(lattice, frac_coords, numbers, *, symprec: float = MP_SYMPREC,
@@ -259,7 +280,9 @@ def gene_from_cell(lattice, frac_coords, numbers, *, symprec: float = MP_SYMPREC
 
     spglib finds the space group and the Wyckoff letter of each crystallographic orbit in the
     standardized setting; each orbit is one occupied site. Multiplicities come from PyXtal's
-    table and must reproduce the standardized conventional cell's composition.
+    table and must reproduce the standardized conventional cell's composition. The gene is
+    written in its canonical configuration (:func:`canonical_configuration`), not in whichever
+    equivalent form spglib's origin choice gave.
     """
     ds = spglib_dataset(lattice, frac_coords, numbers, symprec=symprec, angle_tolerance=angle_tolerance)
     return gene_from_dataset(ds, numbers)

@@ -5,7 +5,8 @@ import json
 import polars as pl
 import pytest
 
-from ml.genes import Gene, GeneError, gene_from_structure, gene_key, validate_gene, wyckoff_json
+from ml.genes import (Gene, GeneError, canonical_configuration, gene_from_structure, gene_key, validate_gene,
+                      wyckoff_json)
 from ml.gene_table import gene_row
 
 
@@ -16,9 +17,13 @@ def test_every_target_and_its_equivalent_configurations_share_one_key(targets):
         summary = validate_gene(t["formula"], t["space_group"], t["wyckoff"])
         assert summary.atoms_per_cell > 0
         key = gene_key(t["formula"], t["space_group"], t["wyckoff"])
+        canonical = canonical_configuration(t["space_group"], t["wyckoff"])
+        assert key.split("|", 2)[2] == wyckoff_json(canonical)  # the key is built from the canonical form
         for eq in t.get("equivalent_wyckoff", []):
             validate_gene(t["formula"], t["space_group"], eq)
             assert gene_key(t["formula"], t["space_group"], eq) == key, t["partition"]
+            assert canonical_configuration(t["space_group"], eq) == canonical, t["partition"]
+            assert validate_gene(t["formula"], t["space_group"], eq) == summary  # same mults, DoF, counts
 
 
 def test_paper_table3_examples():
@@ -116,3 +121,9 @@ def test_gene_from_hand_built_perovskite():
     assert gene.space_group == 221 and gene.formula == "SrTiO3"
     assert gene.key == gene_key("SrTiO3", 221, {"Sr": ["1b"], "Ti": ["1a"], "O": ["3d"]})
     assert summary.atoms_per_cell == 5 and summary.total_dof == 0
+    # the gene is written in the canonical form of its class: the smaller JSON of the two
+    # origins of Pm-3m, {O 3c, Sr 1a, Ti 1b} < {O 3d, Sr 1b, Ti 1a}; moving the origin onto
+    # Ti (Sr then on 1b in any standardization) writes the same gene
+    assert gene.wyckoff == {"O": ["3c"], "Sr": ["1a"], "Ti": ["1b"]}
+    s.translate_sites(list(range(len(s))), [0.5, 0.5, 0.5])
+    assert gene_from_structure(s)[0].wyckoff == gene.wyckoff
