@@ -110,23 +110,24 @@ def gene_row_with_engine(
         check_vocabulary(cell.species)
         index = element_index()
         numbers = [index[s] + 1 for s in cell.species]
-        gene = None
+        columns = None
         if engine == "moyo":
             try:
                 gene, std_counts = moyo_gene(cell.lattice, cell.frac_coords, numbers, cell.species,
                                              space_group_label=space_group_label, symprec=symprec)
                 try:
-                    if _gene_columns(gene.formula, gene.space_group, gene.wyckoff_json)[0] != std_counts:
-                        raise Fallback("invalid_gene", "sites do not give the conventional cell")
+                    counts, columns = _gene_columns(gene.formula, gene.space_group, gene.wyckoff_json)
                 except GeneError as exc:
                     raise Fallback("invalid_gene", exc.reason) from exc
+                if counts != std_counts:
+                    raise Fallback("invalid_gene", "sites do not give the conventional cell")
             except Fallback as exc:
-                gene, fallback = None, exc.reason
-        if gene is None:
+                columns, fallback = None, exc.reason
+        if columns is None:
             ds = spglib_dataset(cell.lattice, cell.frac_coords, numbers,
                                 symprec=symprec, angle_tolerance=angle_tolerance)
             gene, _ = gene_from_dataset(ds, numbers)
-        _, columns = _gene_columns(gene.formula, gene.space_group, gene.wyckoff_json)
+            _, columns = _gene_columns(gene.formula, gene.space_group, gene.wyckoff_json)
     except (CifError, GeneError) as exc:
         return None, {"material_id": material_id, "reason": exc.reason, "detail": exc.detail[:500]}, fallback
     except Exception as exc:  # anything unforeseen is still a recorded verdict, never a crash
