@@ -139,6 +139,9 @@ class RelaxedStructuresConfig(dg.Config):
     # centred cells (I/F/C/A/R) relaxed in their primitive cell (same result, 1.4-2.5x faster
     # measured with CHGNet on I4/mcm trials), reported in the conventional cell
     primitive_cell: bool = True
+    # relax a chunk's trials together, one model call per step (dft.batch_relax; same verdicts and
+    # energies within 1 meV/atom, benchmarks/batch_relax_benchmark.py); False: one at a time
+    batched: bool = True
 
 
 def _relax_key(row: dict, relaxer: str, fmax: float, max_steps: int, primitive: bool = True) -> str:
@@ -165,7 +168,7 @@ def relaxed_structures(context: dg.AssetExecutionContext, config: RelaxedStructu
                        warehouse: DuckDBResource, compute: ComputeResource):
     from dft.energetics import SCHEME_NOTE, NoveltyChecker, SnapshotHull, load_elemental_references
     from dft.hpc import run_tasks
-    from dft.pipeline import best_trial_per_gene, relax_task, score_relaxations
+    from dft.pipeline import best_trial_per_gene, relax_batch_task, relax_task, score_relaxations
 
     key = context.partition_key
     excluded = _load_model_manifest(key)["excluded_material_ids"]
@@ -181,7 +184,8 @@ def relaxed_structures(context: dg.AssetExecutionContext, config: RelaxedStructu
                        "out_cif": str(base / "cif" / f"{tkey}.cif")}
         by_task[tkey] = row
     context.log.info(f"{key}: relaxing {len(tasks)} trials with {config.relaxer} ({compute.mode})")
-    results = run_tasks(relax_task, tasks, compute.config(base / "submitit"), base / "results", log=context.log.info)
+    results = run_tasks(relax_batch_task if config.batched else relax_task, tasks, compute.config(base / "submitit"),
+                        base / "results", log=context.log.info, batched=config.batched)
     rows = []
     for tkey, res in results.items():
         trial = by_task[tkey]
