@@ -115,12 +115,16 @@ def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresC
 class RelaxedStructuresConfig(dg.Config):
     """Symmetry-constrained relaxation (FixSymmetry + FrechetCellFilter + FIRE) of every built trial."""
 
-    relaxer: Literal[tuple(RELAXERS)] = "chgnet"  # dft.relax.RELAXERS: chgnet, sevennet
+    # a dft.relax.MODELS name: chgnet, sevennet-0, sevennet-l3i5, sevennet-mf0
+    relaxer: Literal[tuple(RELAXERS)] = "chgnet"
     fmax: float = 0.05  # eV/Angstrom, atoms and cell
     max_steps: int = 300
     # centred cells (I/F/C/A/R) relaxed in their primitive cell (same result, 1.4-2.5x faster
     # measured with CHGNet on I4/mcm trials), reported in the conventional cell
     primitive_cell: bool = True
+    # relax a chunk's trials together, one model call per step (dft.batch_relax; same verdicts and
+    # energies within 1 meV/atom, benchmarks/batch_relax_benchmark.py); False: one at a time
+    batched: bool = True
 
 
 @dg.asset(
@@ -137,7 +141,8 @@ def relaxed_structures(context: dg.AssetExecutionContext, config: RelaxedStructu
                        warehouse: DuckDBResource, compute: ComputeResource):
     from dft.energetics import NoveltyChecker, SnapshotHull, load_elemental_references
     from dft.hpc import run_tasks
-    from dft.pipeline import mark_best_trials, relax_task, relax_tasks, relaxed_rows, score_relaxations
+    from dft.pipeline import (mark_best_trials, relax_batch_task, relax_task, relax_tasks, relaxed_rows,
+                              score_relaxations)
 
     key = context.partition_key
     excluded = load_model_manifest(key)["excluded_material_ids"]
@@ -150,8 +155,9 @@ def relaxed_structures(context: dg.AssetExecutionContext, config: RelaxedStructu
                                   code=source_version("dft.relax"))  # new relaxer code: stored results redone
     context.log.info(f"{key}: relaxing {len(tasks)} trials with {config.relaxer} ({compute.mode})")
     with cpu_budget(context) as threads:
-        results = run_tasks(relax_task, tasks, compute.config(base / "submitit", threads), base / "results",
-                            log=context.log.info)
+        results = run_tasks(relax_batch_task if config.batched else relax_task, tasks,
+                            compute.config(base / "submitit", threads), base / "results",
+                            log=context.log.info, batched=config.batched)
     rows = relaxed_rows(results, trial_of, config.relaxer)
     with warehouse.get_connection() as conn:
         mats = read_table(conn, "SELECT material_id, formula_pretty, formation_energy_per_atom FROM materials")
