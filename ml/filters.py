@@ -22,8 +22,12 @@ reliability
 feasibility
   ``elements_ok``       every element in the list: ``config.elements`` if given, else the
                         campaign's list; no list (LOO without ``config.elements``) -> True.
-  ``size_ok``           atoms per conventional cell <= ``max_atoms_per_cell`` and total DoF <=
-                        ``max_total_dof``; invalid genes fail (no size to judge).
+  ``size_ok``           atoms in the cell that is computed <= ``max_atoms_per_cell`` and total
+                        DoF <= ``max_total_dof``; invalid genes fail (no size to judge). The cell
+                        is ``config.size_cell``: "primitive" (default; the relaxer, phonons and
+                        DFT run on the primitive cell: conventional atoms / the centring's lattice
+                        points, :func:`ml.wyckoff.centring_multiplicity`, so an Fd-3m A2B2O7
+                        pyrochlore gene counts 22 atoms, not 88) or "conventional".
   ``energy_ok``         ``predicted_formation_energy`` <= ``max_predicted_formation_energy``.
   ``synthesizable_ok``  synthesizability score >= ``min_synthesizability``.
 target
@@ -35,7 +39,8 @@ target
 the rules a row fails (empty exactly when ``passed``); ``notes`` lists rules that were not
 evaluated and so did not reject (e.g. ``synthesizability_not_evaluated`` when no model is given:
 ``synthesizability`` is then null and ``synthesizable_ok`` True). Reason codes: see
-:data:`REASONS`. Added number columns: ``atoms_per_cell``, ``total_dof`` (null for invalid genes)
+:data:`REASONS`. Added number columns: ``atoms_per_cell`` (conventional), ``atoms_per_primitive_cell``,
+``total_dof`` (null for invalid genes)
 and ``synthesizability`` (null when not scored).
 """
 
@@ -51,6 +56,7 @@ import polars as pl
 
 from ml.genes import GeneError, gene_key, normalize_formula, validate_gene
 from ml.targets import Target
+from ml.wyckoff import centring_multiplicity
 
 # rule column -> the reason codes it can emit
 REASONS: dict[str, tuple[str, ...]] = {
@@ -81,7 +87,9 @@ FUNNEL_STAGES: tuple[tuple[str, str | None], ...] = (
     ("target_formula", "target_formula_ok"),
     ("passed", "passed"),
 )
-_ADDED = (*RULES, "passed", "reasons", "notes", "atoms_per_cell", "total_dof", "synthesizability")
+_ADDED = (*RULES, "passed", "reasons", "notes", "atoms_per_cell", "atoms_per_primitive_cell", "total_dof",
+          "synthesizability")
+SIZE_CELLS = ("primitive", "conventional")
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,7 @@ class FilterConfig:
     elements: tuple[str, ...] | None = None  # None: the campaign's list, or no restriction
     n_elements: int | None = 3  # distinct elements a gene must have; None: any
     max_atoms_per_cell: int = 50
+    size_cell: str = "primitive"  # which cell max_atoms_per_cell counts: "primitive" | "conventional"
     max_total_dof: int = 5
     max_predicted_formation_energy: float | None = 0.0  # eV/atom
     min_synthesizability: float | None = 0.5
@@ -168,6 +177,8 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
     ``wyckoff``) and returning one score per row (NaN = could not score).
     """
     config = config or FilterConfig()
+    if config.size_cell not in SIZE_CELLS:
+        raise ValueError(f"size_cell must be one of {SIZE_CELLS}, got {config.size_cell!r}")
     missing = [c for c in ("formula", "space_group", "wyckoff") if c not in sampled.columns]
     if missing:
         raise ValueError(f"sampled genes lack column(s) {missing}")
@@ -197,6 +208,9 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
         checks.append(gene_cache[k])
     wyckoff_reason = [c[0] for c in checks]
     atoms = pl.Series("atoms_per_cell", [c[1] for c in checks], dtype=pl.Int64)
+    primitive_atoms = pl.Series("atoms_per_primitive_cell", [
+        None if c[1] is None else c[1] // centring_multiplicity(int(sg)) for c, sg in zip(checks, sgs)],
+        dtype=pl.Int64)
     dof = pl.Series("total_dof", [c[2] for c in checks], dtype=pl.Int64)
     # the given key (ml.sampling computes it with ml.genes.gene_key), else computed; an invalid
     # gene without one gets its raw text as key (as ml.sampling does)
@@ -231,6 +245,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
         pl.Series("_wyckoff_reason", wyckoff_reason, dtype=pl.String),
         keys.alias("gene_key"),
         atoms,
+        primitive_atoms,
         dof,
         pl.Series("_elements_ok", elements_ok, dtype=pl.Boolean),
         pl.Series("_ternary_ok", ternary_ok, dtype=pl.Boolean),
@@ -239,6 +254,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
 
     # --- vectorized verdicts
     max_atoms, max_dof = config.max_atoms_per_cell, config.max_total_dof
+    size_column = "atoms_per_primitive_cell" if config.size_cell == "primitive" else "atoms_per_cell"
     if config.max_predicted_formation_energy is None or "predicted_formation_energy" not in df.columns:
         energy_ok, energy_reason = pl.lit(True), pl.lit(None, pl.String)
         energy_note = pl.lit("formation_energy_not_evaluated")
@@ -280,7 +296,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
         pl.col("gene_key").is_first_distinct().alias("unique_in_batch"),
         (~pl.col("gene_key").is_in(known_list)).alias("novel"),
         pl.col("_elements_ok").alias("elements_ok"),
-        (size_known & (pl.col("atoms_per_cell") <= max_atoms) & (pl.col("total_dof") <= max_dof))
+        (size_known & (pl.col(size_column) <= max_atoms) & (pl.col("total_dof") <= max_dof))
         .fill_null(False).alias("size_ok"),
         energy_ok.alias("energy_ok"),
         synth_ok.alias("synthesizable_ok"),
@@ -293,7 +309,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
             pl.when(pl.col("gene_key").is_in(known_list)).then(pl.lit("known_gene")),
             pl.when(~pl.col("_elements_ok")).then(pl.lit("element_outside_list")),
             pl.when(~size_known).then(pl.lit("size_unknown_invalid_gene")),
-            pl.when(pl.col("atoms_per_cell") > max_atoms).then(pl.lit("too_many_atoms")),
+            pl.when(pl.col(size_column) > max_atoms).then(pl.lit("too_many_atoms")),
             pl.when(pl.col("total_dof") > max_dof).then(pl.lit("too_many_dof")),
             energy_reason,
             synth_reason,

@@ -172,13 +172,44 @@ def test_size_rule_atoms_and_dof():
                   ("CaTiO3", 62, {"Ca": ["4c"], "Ti": ["4b"], "O": ["4c", "8d"]}))  # 20 atoms, DoF 7
     out = run(table)
     assert out["atoms_per_cell"].to_list() == [5, 56, 20]
+    assert out["atoms_per_primitive_cell"].to_list() == [5, 14, 20]  # Fd-3m: 4 lattice points
     assert out["total_dof"].to_list() == [0, 1, 7]
-    assert out["size_ok"].to_list() == [True, False, False]
-    assert out["reasons"][1].to_list() == ["too_many_atoms"]
+    # the default counts the primitive cell (what is relaxed): the spinel passes at 50
+    assert out["size_ok"].to_list() == [True, True, False]
     assert out["reasons"][2].to_list() == ["too_many_dof"]
+    conventional = run(table, config=FilterConfig(size_cell="conventional", max_predicted_formation_energy=None,
+                                                  min_synthesizability=None))
+    assert conventional["size_ok"].to_list() == [True, False, False]
+    assert conventional["reasons"][1].to_list() == ["too_many_atoms"]
     loose = FilterConfig(max_atoms_per_cell=60, max_total_dof=7, max_predicted_formation_energy=None,
                          min_synthesizability=None)
     assert run(table, config=loose)["size_ok"].to_list() == [True, True, True]
+
+
+def test_size_rule_counts_the_primitive_cell_of_a_centred_gene(materials):
+    """A pyrochlore A2B2O7 (Fd-3m: A 16d, B 16c, O 48f + 8b) has 88 atoms in the conventional
+    cell and 22 in the primitive one; hand-worked, and checked on a snapshot pyrochlore's CIF
+    against pymatgen's primitive standard cell."""
+    from pymatgen.core import Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    pyrochlore = {"Nd": ["16d"], "Pt": ["16c"], "O": ["8b", "48f"]}
+    table = genes(("Nd2Pt2O7", 227, pyrochlore))
+    out = run(table, config=FilterConfig(max_atoms_per_cell=50, max_total_dof=5, max_predicted_formation_energy=None,
+                                         min_synthesizability=None))
+    assert out["atoms_per_cell"][0] == 88 and out["atoms_per_primitive_cell"][0] == 22
+    assert out["size_ok"][0] and out["passed"][0]
+    too_strict = FilterConfig(max_atoms_per_cell=50, size_cell="conventional", max_predicted_formation_energy=None,
+                              min_synthesizability=None)
+    assert run(table, config=too_strict)["reasons"][0].to_list() == ["too_many_atoms"]
+    row = materials.filter(pl.col("material_id") == "mp-9765").row(0, named=True)  # Nd2Pt2O7, Fd-3m
+    gene, _ = gene_row(row["material_id"], row["cif"])
+    assert gene["gene_key"] == gene_key("Nd2Pt2O7", 227, pyrochlore)  # an equivalent configuration
+    sga = SpacegroupAnalyzer(Structure.from_str(row["cif"], fmt="cif"), symprec=0.1)
+    assert len(sga.get_conventional_standard_structure()) == 88
+    assert len(sga.get_primitive_standard_structure()) == 22 == row["nsites"]
+    with pytest.raises(ValueError, match="size_cell"):
+        run(table, config=FilterConfig(size_cell="supercell"))
 
 
 def test_energy_rule_threshold_missing_and_not_evaluated():

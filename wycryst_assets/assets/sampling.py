@@ -126,6 +126,7 @@ class FilteredGenesConfig(dg.Config):
     # LOO partitions keep atoms <= 50 and no DoF limit (the paper's Table S3 lists the held-out
     # CaTiO3 Pnma gene, total DoF 7, among the genes it relaxed)
     max_atoms_per_cell: int = -1
+    size_cell: str = "primitive"  # the cell max_atoms_per_cell counts (the relaxed one), or "conventional"
     max_total_dof: int = -1
     max_predicted_formation_energy: float = 0.0
     # The offline snapshot flags only ICSD-known rows (theoretical=False), so the score is
@@ -213,7 +214,7 @@ def filtered_genes(context: dg.AssetExecutionContext, config: FilteredGenesConfi
     selection = target.selection if target.task == "campaign" else {}
     max_atoms = config.max_atoms_per_cell if config.max_atoms_per_cell >= 0 else int(selection.get("max_atoms_per_cell", 50))
     max_dof = config.max_total_dof if config.max_total_dof >= 0 else int(selection.get("max_total_dof", 5 if selection else 10**6))
-    fcfg = FilterConfig(elements=elements, max_atoms_per_cell=max_atoms, max_total_dof=max_dof,
+    fcfg = FilterConfig(elements=elements, max_atoms_per_cell=max_atoms, size_cell=config.size_cell, max_total_dof=max_dof,
                         max_predicted_formation_energy=config.max_predicted_formation_energy,
                         min_synthesizability=config.min_synthesizability,
                         restrict_to_target_formula=config.restrict_to_target_formula,
@@ -226,7 +227,7 @@ def filtered_genes(context: dg.AssetExecutionContext, config: FilteredGenesConfi
     steps = funnel(out)
     passed = out.filter(pl.col("passed")).sort("hits", descending=True)
     meta = {
-        "selection": f"atoms per cell <= {max_atoms}, total DoF <= {'no limit' if max_dof >= 10**6 else max_dof}",
+        "selection": f"atoms per {config.size_cell} cell <= {max_atoms}, total DoF <= {'no limit' if max_dof >= 10**6 else max_dof}",
         "sampled": dg.MetadataValue.int(out.height),
         "passed": dg.MetadataValue.int(passed.height),
         "funnel": dg.MetadataValue.md(markdown_table(steps) + "\n\n" + bar_chart_markdown(
