@@ -54,7 +54,7 @@ def build_gene_trials(gene: dict, *, seed: int, out_dir: Path, max_attempts: int
         rows.append({
             "formula": gene["formula"], "space_group": int(gene["space_group"]), "wyckoff": gene["wyckoff"]
             if isinstance(gene["wyckoff"], str) else json.dumps(wyckoff, sort_keys=True),
-            "gene_key": gene["gene_key"], "trial": t.trial, "seed": t.seed, "verdict": t.verdict,
+            "gene_key": gene["gene_key"], "trial": t.trial, "seed": t.seed, "origin": "random", "verdict": t.verdict,
             "reason": t.reason, "min_distance": t.min_distance, "space_group_built": t.space_group_built,
             "n_atoms": len(t.structure) if t.structure is not None else None,
             "seconds": round(t.seconds, 4), "cif_path": cif_path,

@@ -66,12 +66,13 @@ def pvae_model(context: dg.AssetExecutionContext, config: PVAEModelConfig, wareh
                training_device: TrainingDevice):
     import torch
 
+    from ml.model_groups import train_target_model
     from ml.plots import latent_pca_png, parity_png, png_markdown, training_curves_png
-    from ml.training import train_pvae
 
     key = context.partition_key
     try:
-        target = current_registry().get(key)
+        registry = current_registry()
+        target = registry.get(key)
     except TargetError as exc:
         raise dg.Failure(str(exc)) from exc
     if training_device.torch_threads:
@@ -82,16 +83,18 @@ def pvae_model(context: dg.AssetExecutionContext, config: PVAEModelConfig, wareh
         raise dg.Failure("no ternary genes in wyckoff_genes: materialize it first")
     version = genes["database_version"][0]
     excluded = loo_excluded_ids(genes, target)
-    train = genes.filter(~pl.col("material_id").is_in(excluded))
-    context.log.info(f"{key} ({target.task}): leaving out {len(excluded)} material(s) {excluded}; "
-                     f"{train.height} ternary genes remain")
+    context.log.info(f"{key} ({target.task}): leaving out {len(excluded)} material(s) {excluded}"
+                     + (f"; model group {target.model_group!r}" if target.model_group else ""))
     cfg = PVAEConfig(latent_dim=config.latent_dim, max_epochs=config.max_epochs, batch_size=config.batch_size,
                      lr=config.lr, kl_weight=config.kl_weight, property_weight=config.property_weight,
                      wyckoff_weight=config.wyckoff_weight, seed=config.seed)
     out_dir = model_dir(key)
     start = time.perf_counter()
-    result = train_pvae(train, cfg, out_dir, accelerator=training_device.accelerator,
-                        devices=training_device.devices, log=context.log.info)
+    trained = train_target_model(genes, registry, target, cfg, out_dir, settings.artifacts_dir() / "pvae_model_groups",
+                                 database_version=version, accelerator=training_device.accelerator,
+                                 devices=training_device.devices, log=context.log.info)
+    result = trained.result
+    train = genes.filter(~pl.col("material_id").is_in(trained.training_excluded_ids))
     minutes = (time.perf_counter() - start) / 60
     m = result.metrics
     origins, how = origin_genes(train, target)
@@ -99,6 +102,8 @@ def pvae_model(context: dg.AssetExecutionContext, config: PVAEModelConfig, wareh
         "target": key, "task": target.task, "database_version": version,
         "checkpoint": result.checkpoint_path, "config": cfg.to_dict(), "metrics": m,
         "excluded_material_ids": excluded, "n_origins": origins.height, "origins": how,
+        "model_group": trained.group, "group_members": trained.members, "reused_group_model": trained.reused,
+        "training_excluded_material_ids": trained.training_excluded_ids,
     }
     (out_dir / "model.json").write_text(json.dumps(manifest, indent=2, default=str))
 
@@ -124,6 +129,9 @@ def pvae_model(context: dg.AssetExecutionContext, config: PVAEModelConfig, wareh
             "n_train": dg.MetadataValue.int(int(m["n_train"])),
             "n_val": dg.MetadataValue.int(int(m["n_val"])),
             "excluded_material_ids": dg.MetadataValue.json(excluded),
+            "model_group": f"{trained.group} ({len(trained.members)} members, "
+            f"{'reused' if trained.reused else 'trained'}; {len(trained.training_excluded_ids)} left out)"
+            if trained.group else "none (own model)",
             "origins": f"{origins.height} {how}",
             "database_version": version,
             "checkpoint": dg.MetadataValue.path(result.checkpoint_path),

@@ -22,7 +22,7 @@ REPORT_SCHEMA = {
     "formation_energy_per_atom": pl.Float64, "e_above_hull": pl.Float64, "why_not": pl.String,
     "dft_engine": pl.String, "dft_genes_of_formula": pl.Int32, "dft_ground_state_rank": pl.Int32,
     "dft_relative_energy_per_atom": pl.Float64, "dft_lattice_max_error": pl.Float64, "dft_relaxed_lattice": pl.String,
-    "ground_state_rank_source": pl.String, "lattice_source": pl.String,
+    "ground_state_rank_source": pl.String, "lattice_source": pl.String, "best_trial_origin": pl.String,
 }
 
 
@@ -65,11 +65,12 @@ def loo_report(context: dg.AssetExecutionContext, config: LooReportConfig, wareh
     if row["relaxed"]:
         best = mine.row(0, named=True)
         row["sg_kept"] = bool(best["symmetry_kept"] and best["sg_after"] == target.space_group)
-        row.update(formation_energy_per_atom=best["formation_energy_per_atom"], e_above_hull=best["e_above_hull"])
+        row.update(formation_energy_per_atom=best["formation_energy_per_atom"], e_above_hull=best["e_above_hull"],
+                   best_trial_origin=best.get("origin"))
         reference, which = target.lattice()
         if reference:
             cmp = compare_lattice(Structure.from_file(best["relaxed_cif"]), reference, which,
-                                  tolerance=config.lattice_tolerance)
+                                  tolerance=config.lattice_tolerance, space_group=target.space_group)
             row.update(lattice_within_tolerance=cmp.within, lattice_max_error=cmp.max_relative_error,
                        lattice_reference=which, relaxed_lattice=json.dumps(cmp.relaxed),
                        reference_lattice=json.dumps(cmp.reference))
@@ -138,7 +139,8 @@ def _apply_dft(row: dict, refined: pl.DataFrame, keys: list[str], target, config
                    ground_state_rank_source="dft")
     reference, which = target.lattice()
     if reference and r["mode"] == "relax" and r["refined_cif"] and r["verdict"] in ("converged", "not_converged"):
-        cmp = compare_lattice(Structure.from_file(r["refined_cif"]), reference, which, tolerance=config.lattice_tolerance)
+        cmp = compare_lattice(Structure.from_file(r["refined_cif"]), reference, which, tolerance=config.lattice_tolerance,
+                              space_group=target.space_group)
         row.update(dft_lattice_max_error=cmp.max_relative_error, dft_relaxed_lattice=json.dumps(cmp.relaxed),
                    lattice_within_tolerance=cmp.within, lattice_max_error=cmp.max_relative_error,
                    relaxed_lattice=json.dumps(cmp.relaxed), lattice_source="dft")

@@ -208,7 +208,10 @@ def filtered_genes(context: dg.AssetExecutionContext, config: FilteredGenesConfi
                            [excluded])
     if sampled.is_empty():
         raise dg.Failure(f"no sampled genes for {key}: materialize sampled_genes first")
-    synth = _synthesizability_for(key, excluded, context.log.info, warehouse) if excluded else \
+    # a model group's partitions share one classifier trained without every member (like its PVAE)
+    synth = _synthesizability_for(f"group-{manifest['model_group']}" if manifest.get("model_group") else key,
+                                  manifest.get("training_excluded_material_ids") or excluded, context.log.info,
+                                  warehouse) if excluded else \
         SynthModel.load(settings.artifacts_dir() / "synthesizability" / "model.joblib")
     elements = tuple(config.elements) or (target.elements if target.task == "campaign" else None)
     selection = target.selection if target.task == "campaign" else {}

@@ -18,12 +18,13 @@ from wycryst_assets.warehouse import read_table, replace_partition
 
 TRIAL_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
-    "trial": pl.Int32, "seed": pl.Int64, "verdict": pl.String, "reason": pl.String, "min_distance": pl.Float64,
-    "space_group_built": pl.Int32, "n_atoms": pl.Int32, "seconds": pl.Float64, "cif_path": pl.String,
+    "trial": pl.Int32, "seed": pl.Int64, "origin": pl.String, "verdict": pl.String, "reason": pl.String,
+    "min_distance": pl.Float64, "space_group_built": pl.Int32, "n_atoms": pl.Int32, "seconds": pl.Float64, "cif_path": pl.String,
 }
 RELAXED_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
-    "trial": pl.Int32, "relaxer": pl.String, "verdict": pl.String, "reason": pl.String, "energy": pl.Float64,
+    "trial": pl.Int32, "origin": pl.String, "relaxer": pl.String, "verdict": pl.String, "reason": pl.String,
+    "energy": pl.Float64,
     "energy_per_atom": pl.Float64, "corrected_energy": pl.Float64, "formation_energy_per_atom": pl.Float64,
     "e_above_hull": pl.Float64, "max_force": pl.Float64, "steps": pl.Int32, "converged": pl.Boolean,
     "sg_before": pl.Int32, "sg_after": pl.Int32, "symmetry_kept": pl.Boolean, "is_novel": pl.Boolean,
@@ -75,6 +76,10 @@ class TrialStructuresConfig(dg.Config):
     seed: int = 0
     max_attempts: int = 10
     min_distance: float = 0.5  # Angstrom, the paper's validity metric
+    # prototype-seeded trials (dft.prototypes): per gene, up to this many snapshot materials of the
+    # same Wyckoff pattern, re-elemented and rescaled, beside the random trials; 0: random only.
+    # The partition's left-out materials are never a prototype.
+    prototypes_per_gene: int = 2
 
 
 @dg.asset(
@@ -106,11 +111,24 @@ def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresC
     context.log.info(f"{key}: {genes.height} passed genes, building trials for {chosen.height} (ranked by {ranking}, "
                      f"{chosen['space_group'].n_unique()} space groups)")
     out_dir = settings.artifacts_dir() / "trial_structures" / key
+    prototypes = None
+    if config.prototypes_per_gene > 0:
+        from dft.prototypes import PrototypeIndex, prototype_trials
+
+        with warehouse.get_connection() as conn:
+            prototypes = PrototypeIndex(read_table(
+                conn, "SELECT g.material_id, g.formula, g.space_group, g.wyckoff, m.cif, m.energy_above_hull "
+                "FROM wyckoff_genes g JOIN materials m USING (material_id) WHERE list_contains(?, g.space_group)",
+                [sorted(set(chosen["space_group"].to_list()))]).to_dicts(),
+                exclude_ids=_load_model_manifest(key)["excluded_material_ids"])
     rows = []
     for i, gene in enumerate(chosen.iter_rows(named=True)):
-        rows += [dict(r, target=key) for r in build_gene_trials(
-            gene, seed=config.seed, out_dir=out_dir, max_attempts=config.max_attempts,
-            min_distance=config.min_distance)]
+        gene_rows = build_gene_trials(gene, seed=config.seed, out_dir=out_dir, max_attempts=config.max_attempts,
+                                      min_distance=config.min_distance)
+        if prototypes is not None:
+            gene_rows += prototype_trials(gene, prototypes, out_dir=out_dir, first_trial=len(gene_rows),
+                                          per_gene=config.prototypes_per_gene, min_distance=config.min_distance)
+        rows += [dict(r, target=key) for r in gene_rows]
         if (i + 1) % 10 == 0:
             context.log.info(f"trials for {i + 1}/{chosen.height} genes")
     df = _frame(rows, TRIAL_SCHEMA)
@@ -124,6 +142,7 @@ def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresC
         "genes_not_built": dg.MetadataValue.int(chosen.height - ok["gene_key"].n_unique()),
         "trials": dg.MetadataValue.int(df.height),
         "trials_ok": dg.MetadataValue.int(ok.height),
+        "prototype_trials_ok": dg.MetadataValue.int(ok.filter(pl.col("origin") != "random").height),
         "verdicts": dg.MetadataValue.md(markdown_table(counts)),
         "seconds_per_trial": dg.MetadataValue.float(round(float(df["seconds"].mean() or 0.0), 4)),
         "min_distance_min": dg.MetadataValue.float(float(ok["min_distance"].min() or 0.0)),
@@ -185,7 +204,7 @@ def relaxed_structures(context: dg.AssetExecutionContext, config: RelaxedStructu
     rows = []
     for tkey, res in results.items():
         trial = by_task[tkey]
-        rows.append({**_gene_columns(trial),
+        rows.append({**_gene_columns(trial), "origin": trial.get("origin"),
                      "relaxer": config.relaxer, **res, "verdict": res.get("verdict", "failed"),
                      "symmetry_kept": bool(res.get("symmetry_kept", False)), "steps": res.get("steps", 0)})
     with warehouse.get_connection() as conn:
