@@ -9,6 +9,11 @@ reliability
                         its default ICSD-24 oxidation-state set, all-metal compositions valid as
                         alloys — the settings under which the paper's eight new materials, with
                         Bi(II) and Ag(III), pass). One SMACT call per distinct formula.
+                        In a leave-one-out partition the target's own formula is the task's
+                        input, not a generated composition: genes of that formula are not judged
+                        (note ``formula_given_by_target`` where SMACT would have rejected it --
+                        7 % of the snapshot's drawable ternaries, e.g. borides such as LuOsB2 or
+                        Er6MnTe2, exist in MP and fail SMACT).
   ``wyckoff_ok``        :func:`ml.genes.validate_gene`: letters exist in the space group,
                         multiplicities match, no DoF-0 site twice, sites reproduce the formula.
   ``ternary_ok``        exactly ``n_elements`` distinct elements (3: the PVAE is trained on and the
@@ -71,7 +76,7 @@ REASONS: dict[str, tuple[str, ...]] = {
     "synthesizable_ok": ("synthesizability_below_threshold", "synthesizability_unscored"),
     "target_formula_ok": ("not_target_formula", "not_target_space_group"),
 }
-NOTES = ("formation_energy_not_evaluated", "synthesizability_not_evaluated")
+NOTES = ("formation_energy_not_evaluated", "synthesizability_not_evaluated", "formula_given_by_target")
 RULES: tuple[str, ...] = tuple(REASONS)
 FUNNEL_STAGES: tuple[tuple[str, str | None], ...] = (
     ("sampled", None),
@@ -196,6 +201,12 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
             smact_cache[f] = smact_verdict(f, oxidation_states_set=config.smact_oxidation_states_set,
                                            include_alloys=config.smact_include_alloys) if f else "formula_unparseable"
         formula_reason.append(smact_cache[f])
+    # a LOO target's own formula is given, not generated: SMACT does not judge it (noted)
+    formula_given = [False] * n
+    if target is not None and target.is_loo and target.reduced_formula:
+        for i, f in enumerate(formulas):
+            if formula_reason[i] is not None and _reduced_or_none(f) == target.reduced_formula:
+                formula_reason[i], formula_given[i] = None, True
 
     # --- Wyckoff validity, size, key, elements: once per distinct gene text
     given_keys = df["gene_key"].cast(pl.String).to_list() if "gene_key" in df.columns else [None] * n
@@ -242,6 +253,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
 
     df = df.with_columns(
         pl.Series("_formula_reason", formula_reason, dtype=pl.String),
+        pl.Series("_given", formula_given, dtype=pl.Boolean),
         pl.Series("_wyckoff_reason", wyckoff_reason, dtype=pl.String),
         keys.alias("gene_key"),
         atoms,
@@ -315,7 +327,8 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
             synth_reason,
             target_reason,
         ).list.drop_nulls().alias("reasons"),
-        pl.concat_list(energy_note, synth_note).list.drop_nulls().alias("notes"),
+        pl.concat_list(energy_note, synth_note, pl.when(pl.col("_given")).then(pl.lit("formula_given_by_target")))
+        .list.drop_nulls().alias("notes"),
     )
     df = df.with_columns(pl.all_horizontal(*RULES).alias("passed"))
     return df.sort("_row").drop([c for c in df.columns if c.startswith("_")])

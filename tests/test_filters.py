@@ -90,6 +90,25 @@ def test_formula_rule_follows_smact():
     assert out["reasons"][0].to_list() == [] and out["passed"][0]
 
 
+def test_a_loo_targets_own_formula_is_not_judged_by_smact(materials):
+    """LuOsB2 (mp-1189270, Pnma, MP E_hull 0) exists but fails SMACT's electronegativity test: in
+    its own LOO partition the formula is the task's input, so its genes pass the formula rule
+    (noted); any other formula, and the same formula outside a LOO partition, are still judged."""
+    row = materials.filter(pl.col("material_id") == "mp-1189270").row(0, named=True)
+    gene, _ = gene_row(row["material_id"], row["cif"])
+    assert gene["formula"] == "LuB2Os" and not smact_validity("LuB2Os")  # the independent expectation
+    loo = parse_target({"partition": "LuB2Os-62", "task": "ground_state", "formula": "LuB2Os",
+                        "space_group": 62, "wyckoff": json.loads(gene["wyckoff"])})
+    table = genes(("LuB2Os", 62, json.loads(gene["wyckoff"])), ("NaCl3", 221, {"Na": ["1a"], "Cl": ["3c"]}))
+    out = run(table, target=loo)
+    assert out["formula_ok"].to_list() == [True, False]
+    assert "formula_given_by_target" in out["notes"][0].to_list()
+    assert "formula_given_by_target" not in out["notes"][1].to_list()
+    assert not {"smact_electronegativity", "smact_charge_neutrality"} & set(out["reasons"][0].to_list())
+    assert run(table)["formula_ok"].to_list() == [False, False]  # no target: SMACT judges
+    assert "smact_electronegativity" in run(table)["reasons"][0]
+
+
 def test_wyckoff_rule_rejects_a_doubly_occupied_fixed_site():
     table = genes(("SrTiO3", 221, SRTIO3), ("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1a"], "O": ["3d"]}),
                   ("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1b"], "O": ["6e"]}), ("", 221, {"Sr": ["1a"]}))
