@@ -14,7 +14,9 @@ refinement is off unless --refine. Prints the rediscovery table, rates per task 
 ``<home>/loo_at_scale/results.json``.
 
 Every stage is resumable: results per partition and stage are kept in
-``<home>/loo_at_scale/state/<partition>.json`` and a rerun skips what is there (``--redo STAGE,...``
+``<home>/loo_at_scale/state/<partition>.json`` and a rerun skips what is there (runs left
+"started" by a killed invocation are marked failed and their pool slots freed first; do not run
+two invocations on one home at once) (``--redo STAGE,...``
 reruns stages: base, draw, train, sample, filter, structures).
 
     .venv/bin/python benchmarks/loo_at_scale.py [--home .wycryst/loo-at-scale] [--n 30] [--seed 0]
@@ -54,6 +56,8 @@ def parse_args():
     ap.add_argument("--base-from", default="", help="copy the warehouse (snapshot, genes) and the synthesizability "
                     "model from another WYCRYST_HOME instead of building them")
     ap.add_argument("--max-epochs", type=int, default=30)
+    ap.add_argument("--torch-threads", type=int, default=1, help="PVAE training/sampling threads (0: torch's "
+                    "default). 1: on a shared 2-core machine two spinning OpenMP threads slow an epoch many-fold")
     ap.add_argument("--samples-per-origin", type=int, default=5000)
     ap.add_argument("--max-latent-points", type=int, default=2_000_000)
     ap.add_argument("--noise-scale", type=float, default=4.0)
@@ -126,9 +130,14 @@ def main() -> None:
     from wycryst_assets.partitions import sync_target_partitions
     from wycryst_assets.resources import compute_resource, warehouse_resource
 
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)  # sampling runs in this process too
     wall_start = time.perf_counter()
     timings: dict[str, float] = {}
-    resources = {"warehouse": warehouse_resource(), "training_device": TrainingDevice(), "compute": compute_resource()}
+    resources = {"warehouse": warehouse_resource(), "training_device": TrainingDevice(torch_threads=args.torch_threads),
+                 "compute": compute_resource()}
     warehouse = home / "warehouse.duckdb"
 
     # --- base: snapshot, genes, synthesizability
@@ -142,6 +151,8 @@ def main() -> None:
         shutil.copyfile(src / "artifacts" / "synthesizability" / "model.joblib", synth)
         print(f"base copied from {src}", flush=True)
     with dg.DagsterInstance.get() as instance:
+        _release_dead_runs(instance)
+
         def run(assets, partition=None, config=None):
             t = time.perf_counter()
             res = dg.materialize(assets, instance=instance, resources=resources, partition_key=partition,
@@ -253,7 +264,7 @@ def main() -> None:
                 bench.save(key, st)
                 print(f"[{index + 1}/{len(entries)}] {key}: filters {json.dumps(st['filter'])}", flush=True)
             last_filter = (st.get("filter") or {}).get(filter_variants[-1], {})
-            if (index < args.structures_n and last_filter.get("passed") is not None and "error" not in last_filter
+            if (index < args.structures_n and last_filter.get("passed") and "error" not in last_filter
                     and wanted("structures", "structures" in st and all(v in st["structures"] for v in trial_variants))):
                 st["structures"] = {}
                 for variant in trial_variants:
@@ -267,7 +278,7 @@ def main() -> None:
                     res, _ = run([loo_report], key)
                     mats = res.asset_materializations_for_node("loo_report")
                     part = mats[0].metadata["this_partition"].value if mats else {"error": _error_text(res)}
-                    part.update(_trial_facts(warehouse, key, entry["gene_key"]),
+                    part.update(_trial_facts(warehouse, key, entry),
                                 trial_s=t_s, relax_s=r_s, refine_s=f_s)
                     st["structures"][variant] = part
                     bench.save(key, st)
@@ -276,13 +287,13 @@ def main() -> None:
 
     # --- the table
     rows = []
-    for entry in entries:
+    for index, entry in enumerate(entries):
         key = entry["partition"]
         st = bench.state(key)
         if only and key not in only:
             continue
         base = {"partition": key, "task": entry["task"], "crystal_system": entry["crystal_system"],
-                "chemistry": entry["chemistry"]}
+                "chemistry": entry["chemistry"], "structures_planned": index < args.structures_n}
         for fv in filter_variants:
             for tv in (trial_variants if st.get("structures") else [None]):
                 rows.append(_row(base, st, fv, tv))
@@ -308,6 +319,13 @@ def main() -> None:
                                                   "recovered"))) + "\n")
     print("\n### Where the held-out gene was lost\n")
     print(markdown_table(stage_counts(final)))
+    fixes = _before_after(rows, entries, filter_variants, trial_variants)
+    if fixes:
+        print("\n### Before / after the fixes (per partition; see the README of benchmarks for the rules)\n")
+        fields = [f for f in ("passed_before", "passed_after", "recovered_before", "recovered_random",
+                              "recovered_after") if any(r.get(f) is not None for r in fixes)]
+        for by in (None, "task", "crystal_system", "chemistry"):
+            print(markdown_table(rates(fixes, by, fields)) + "\n")
     wall = time.perf_counter() - wall_start
     stage_seconds = {}
     for entry in entries:
@@ -328,21 +346,79 @@ def main() -> None:
     print(f"results: {out}")
 
 
-def _trial_facts(warehouse: Path, key: str, gene_key: str) -> dict:
-    """Whether the held-out gene got trials, how many built, the SG after and origin of its best trial."""
-    import duckdb
+def _before_after(rows: list[dict], entries: list[dict], filter_variants: list[str], trial_variants: list[str]) -> list[dict]:
+    """Per partition, the outcome before and after the generic fixes this benchmark measures:
+    ``passed_before`` = passed with the size rule on the conventional cell (when that variant ran)
+    and SMACT judging the target's own formula; ``passed_after`` = passed as now.
+    ``recovered_before`` = recovered with random trials only, the held-out gene passed before, and
+    its lattice within 3 % as read before the closest-basis fix; ``recovered_random`` = random
+    trials with every other fix; ``recovered_after`` = with prototype trials too."""
+    from ml.filters import smact_verdict
 
+    out = []
+    last_filter = filter_variants[-1]
+    for entry in entries:
+        mine = [r for r in rows if r["partition"] == entry["partition"]]
+        if not mine:
+            continue
+        now = next((r for r in mine if r["filter_variant"] == last_filter), None)
+        conv = next((r for r in mine if r["filter_variant"] == "conventional"), now)
+        smact_ok = smact_verdict(entry["formula"]) is None
+        row = {k: entry[k] for k in ("partition", "task", "crystal_system", "chemistry")}
+        row["passed_after"] = now.get("passed") if now else None
+        row["passed_before"] = None if conv is None or conv.get("passed") is None else bool(conv["passed"] and smact_ok)
+        by_variant = {r["trial_variant"]: r for r in mine if r["filter_variant"] == last_filter and r["trial_variant"]}
+        rnd, proto = by_variant.get("random"), by_variant.get("prototypes")
+        planned = now is not None and now.get("structures_planned")
+        if rnd is not None or (planned and now.get("recovered") is False):
+            rec_random = bool(rnd and rnd.get("recovered"))
+            err_before = rnd.get("lattice_err_before_fix") if rnd else None
+            row["recovered_random"] = rec_random
+            row["recovered_before"] = bool(rec_random and row["passed_before"] and err_before is not None
+                                           and err_before <= 0.03)
+            row["recovered_after"] = bool(proto.get("recovered")) if proto else (rec_random if "prototypes" not in
+                                                                               trial_variants else False)
+        out.append(row)
+    return out
+
+
+def _release_dead_runs(instance) -> None:
+    """Runs of this benchmark's own instance still marked started belong to a killed invocation
+    (runs here are in-process): mark them failed and free their pool slots, or the next training
+    or relaxation step waits forever for the 'training' / 'relaxation' slot."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    for run in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING])):
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        instance.report_run_failed(run)
+        print(f"released run {run.run_id} of a killed invocation", flush=True)
+
+
+def _trial_facts(warehouse: Path, key: str, entry: dict) -> dict:
+    """Whether the held-out gene got trials, how many built, the SG after and origin of its best
+    trial, and its lattice error as read before the closest-basis fix (standard cell at symprec 0.01)."""
+    import duckdb
+    from pymatgen.core import Structure
+
+    from dft.matching import compare_lattice
+
+    gene_key = entry["gene_key"]
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
         trials = con.execute("SELECT count(*), count(*) FILTER (WHERE verdict = 'ok') FROM trial_structures "
                              "WHERE target = ? AND gene_key = ?", [key, gene_key]).fetchone()
         genes = con.execute("SELECT count(DISTINCT gene_key) FROM trial_structures WHERE target = ?", [key]).fetchone()
-        best = con.execute("SELECT sg_after, origin FROM relaxed_structures WHERE target = ? AND gene_key = ? "
+        best = con.execute("SELECT sg_after, origin, relaxed_cif FROM relaxed_structures WHERE target = ? AND gene_key = ? "
                            "AND best_trial", [key, gene_key]).fetchone()
     finally:
         con.close()
+    before = None
+    if best and best[2]:
+        before = compare_lattice(Structure.from_file(best[2]), entry["lattice_published_dft"], "lattice_published_dft",
+                                 closest_basis=False).max_relative_error
     return {"in_budget": trials[0] > 0, "trials_ok": int(trials[1]), "genes_with_trials": int(genes[0]),
-            "sg_after": best[0] if best else None, "best_origin": best[1] if best else None}
+            "sg_after": best[0] if best else None, "best_origin": best[1] if best else None,
+            "lattice_err_before_fix": before}
 
 
 def _row(base: dict, st: dict, filter_variant: str, trial_variant: str | None) -> dict:
@@ -365,12 +441,16 @@ def _row(base: dict, st: dict, filter_variant: str, trial_variant: str | None) -
         row.update(in_budget=s.get("in_budget"), trials_ok=s.get("trials_ok"), relaxed=s.get("relaxed"),
                    sg_kept=s.get("sg_kept"), sg_after=s.get("sg_after"), lattice_ok=s.get("lattice_within_tolerance"),
                    lattice_err=s.get("lattice_max_error"), gs_rank=s.get("ground_state_rank"),
-                   recovered=s.get("recovered"), best_origin=s.get("best_origin"))
+                   recovered=s.get("recovered"), best_origin=s.get("best_origin"),
+                   lattice_err_before_fix=s.get("lattice_err_before_fix"))
         if s.get("error"):
             row.update(error=s["error"], error_stage="report")
     else:
         row.update(in_budget=None, recovered=None)
     row["stage"], row["reason"] = failure_stage(row)
+    if row["structures_planned"] and row["recovered"] is None and row["stage"] in ("training", "origins", "sampling",
+                                                                                   "filters"):
+        row["recovered"] = False  # lost before the structure stage: known without running it
     return row
 
 

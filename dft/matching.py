@@ -51,10 +51,13 @@ def standard_analyzer(structure, space_group: int | None = None, symprec: float 
 
 
 def compare_lattice(structure, reference: dict, which: str, *, tolerance: float = 0.03,
-                    symprec: float = 0.01, space_group: int | None = None) -> LatticeComparison:
+                    symprec: float = 0.01, space_group: int | None = None,
+                    closest_basis: bool = True) -> LatticeComparison:
     """Relaxed ``structure`` vs the registry lattice ``reference`` (name ``which``); with
     ``space_group`` (the target's), the cell is read at the tolerance that finds that group
-    (:func:`standard_analyzer`), so a slightly distorted cell is compared in the target's setting."""
+    (:func:`standard_analyzer`), so a slightly distorted cell is compared in the target's setting.
+    ``closest_basis``: also try every other basis of the relaxed lattice (:func:`_best_mapped_basis`)
+    and keep the closer reading (False: the standard cell only, the behaviour before)."""
     sga = standard_analyzer(structure, space_group, symprec)
     if which.endswith("_rhombohedral"):
         cell = sga.get_primitive_standard_structure(international_monoclinic=False)
@@ -74,7 +77,7 @@ def compare_lattice(structure, reference: dict, which: str, *, tolerance: float 
         relaxed = dict(zip(("l1", "l2", "l3"), lengths)) | dict(zip(("ang1", "ang2", "ang3"), angles))
         ref = dict(zip(("l1", "l2", "l3"), ref_lengths)) | dict(zip(("ang1", "ang2", "ang3"), ref_angles))
         setting = "conventional"
-        mapped = _best_mapped_basis(cell.lattice, [a_ref, float(reference.get("b", a_ref)),
+        mapped = None if not closest_basis else _best_mapped_basis(cell.lattice, [a_ref, float(reference.get("b", a_ref)),
                                                    float(reference.get("c", a_ref))],
                                     [float(reference.get(k, 90.0)) for k in ("alpha", "beta", "gamma")])
         if mapped is not None and _worst(mapped, ref) < _worst(relaxed, ref):
