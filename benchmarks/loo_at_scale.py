@@ -65,6 +65,8 @@ def parse_args():
                     "the last one feeds the structures (e.g. conventional,primitive for before/after)")
     ap.add_argument("--structures-n", type=int, default=12, help="structures for the first K drawn targets")
     ap.add_argument("--max-genes", type=int, default=10, help="trial_structures: genes per partition")
+    ap.add_argument("--max-trials-per-gene", type=int, default=4,
+                    help="trial_structures: random trials per gene (paper: DoF + 1; 0: no cap)")
     ap.add_argument("--trial-variants", default="random,prototypes")
     ap.add_argument("--prototypes", type=int, default=2, help="prototype trials per gene in the 'prototypes' variant")
     ap.add_argument("--refine", action="store_true", help="also refined_structures (GPAW) before loo_report")
@@ -270,7 +272,8 @@ def main() -> None:
                 for variant in trial_variants:
                     per_gene = args.prototypes if variant == "prototypes" else 0
                     res, t_s = run([trial_structures], key, {"trial_structures": {"config": {
-                        "max_genes": args.max_genes, "prototypes_per_gene": per_gene}}})
+                        "max_genes": args.max_genes, "prototypes_per_gene": per_gene,
+                        "max_trials_per_gene": args.max_trials_per_gene}}})
                     res, r_s = run([relaxed_structures], key)
                     f_s = 0.0
                     if args.refine:

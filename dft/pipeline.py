@@ -36,7 +36,7 @@ def lattice_dict(structure) -> dict:
 
 
 def build_gene_trials(gene: dict, *, seed: int, out_dir: Path, max_attempts: int = 10,
-                      min_distance: float = 0.5) -> list[dict]:
+                      min_distance: float = 0.5, max_trials: int | None = None) -> list[dict]:
     """Trials of one gene (dict with formula, space_group, wyckoff JSON, gene_key) -> rows;
     the CIF of every built trial is written under ``out_dir/<gene hash>/``."""
     wyckoff = json.loads(gene["wyckoff"]) if isinstance(gene["wyckoff"], str) else gene["wyckoff"]
@@ -44,7 +44,7 @@ def build_gene_trials(gene: dict, *, seed: int, out_dir: Path, max_attempts: int
     rows = []
     for t in generate_trials(gene["formula"], int(gene["space_group"]), wyckoff,
                              seed=gene_seed(seed, gene["gene_key"]), max_attempts=max_attempts,
-                             min_distance=min_distance):
+                             min_distance=min_distance, max_trials=max_trials):
         cif_path = None
         if t.structure is not None:
             path = Path(out_dir) / h / f"trial_{t.trial}.cif"

@@ -80,6 +80,9 @@ class TrialStructuresConfig(dg.Config):
     # same Wyckoff pattern, re-elemented and rescaled, beside the random trials; 0: random only.
     # The partition's left-out materials are never a prototype.
     prototypes_per_gene: int = 2
+    # random trials per gene: the paper's total DoF + 1, capped here when > 0 (a trial budget for
+    # low-symmetry genes; the first trials are the same with or without the cap)
+    max_trials_per_gene: int = 0
 
 
 @dg.asset(
@@ -124,7 +127,7 @@ def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresC
     rows = []
     for i, gene in enumerate(chosen.iter_rows(named=True)):
         gene_rows = build_gene_trials(gene, seed=config.seed, out_dir=out_dir, max_attempts=config.max_attempts,
-                                      min_distance=config.min_distance)
+                                      min_distance=config.min_distance, max_trials=config.max_trials_per_gene or None)
         if prototypes is not None:
             gene_rows += prototype_trials(gene, prototypes, out_dir=out_dir, first_trial=len(gene_rows),
                                           per_gene=config.prototypes_per_gene, min_distance=config.min_distance)
