@@ -48,6 +48,7 @@ def parse_args():
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-atoms", type=int, default=20, help="primitive-cell atoms of a drawn target")
+    ap.add_argument("--include-unknown", action="store_true", help="draw MP entries not flagged ICSD-known too")
     ap.add_argument("--group", default="", help="model_group name (default loo-at-scale-s<seed>-n<n>); "
                     "'none': one PVAE per target")
     ap.add_argument("--stages", default=",".join(ALL_STAGES))
@@ -171,7 +172,8 @@ def main() -> None:
         # --- draw
         registry_path = home / "targets.json"
         group = None if args.group == "none" else (args.group or f"loo-at-scale-s{args.seed}-n{args.n}")
-        draw_id = {"n": args.n, "seed": args.seed, "max_atoms": args.max_atoms, "model_group": group}
+        draw_id = {"n": args.n, "seed": args.seed, "max_atoms": args.max_atoms, "model_group": group,
+                   "require_known": not args.include_unknown}
         if registry_path.exists() and "draw" not in bench.redo:
             doc = json.loads(registry_path.read_text())
             if doc.get("draw") != draw_id:
@@ -180,10 +182,11 @@ def main() -> None:
             con = duckdb.connect(str(warehouse), read_only=True)
             table = con.execute(
                 "SELECT g.material_id, g.formula, g.space_group, g.wyckoff, g.gene_key, g.atoms_per_cell, g.n_elements, "
-                "m.energy_above_hull, m.formation_energy_per_atom, m.cif, m.nsites "
+                "m.energy_above_hull, m.formation_energy_per_atom, m.cif, m.nsites, m.theoretical "
                 "FROM wyckoff_genes g JOIN materials m USING (material_id)").pl()
             con.close()
-            pool = candidate_pool(table, exclude_formulas=PUBLISHED_FORMULAS, max_atoms=args.max_atoms)
+            pool = candidate_pool(table, exclude_formulas=PUBLISHED_FORMULAS, max_atoms=args.max_atoms,
+                                  require_known=not args.include_unknown)
             drawn = draw_targets(pool, n=args.n, seed=args.seed)
             doc = benchmark_registry(drawn, model_group=group, about=(
                 f"LOO benchmark draw (benchmarks/loo_at_scale.py, ml.loo_draw): {drawn.height} of {pool.height} "
