@@ -292,6 +292,7 @@ def main() -> None:
                           f"recovered={part.get('recovered')} {part.get('why_not', '')}", flush=True)
 
     # --- the table
+    passed_rank = _rank_among_passed(warehouse, entries)
     rows = []
     for index, entry in enumerate(entries):
         key = entry["partition"]
@@ -303,10 +304,12 @@ def main() -> None:
         for fv in filter_variants:
             for tv in (trial_variants if st.get("structures") else [None]):
                 rows.append(_row(base, st, fv, tv))
+                if fv == filter_variants[-1]:
+                    rows[-1]["rank_among_passed"] = passed_rank.get(key)
     result_rows = [r for r in rows if r["filter_variant"] == filter_variants[-1]]
     final_variant = trial_variants[-1] if trial_variants else None
     final = [r for r in result_rows if r["trial_variant"] in (final_variant, None)]
-    cols = ["partition", "task", "crystal_system", "chemistry", "origins", "sampled", "passed", "rank_by_hits",
+    cols = ["partition", "task", "crystal_system", "chemistry", "origins", "sampled", "passed", "rank_among_passed",
             "in_budget", "relaxed", "sg_kept", "lattice_err", "gs_rank", "recovered", "best_origin", "stage", "reason"]
     print(f"\n## Rediscovery table (filters: size on the {filter_variants[-1]} cell; trials: {final_variant})\n")
     print(markdown_table(final, cols))
@@ -385,6 +388,26 @@ def _before_after(rows: list[dict], entries: list[dict], filter_variants: list[s
             row["recovered_after"] = bool(proto.get("recovered")) if proto else (rec_random if "prototypes" not in
                                                                                trial_variants else False)
         out.append(row)
+    return out
+
+
+def _rank_among_passed(warehouse: Path, entries: list[dict]) -> dict:
+    """partition -> the held-out gene's rank by hits among the partition's passed genes (the order
+    the trial budget is spent in for polymorphs; ground states add one gene per space group)."""
+    import duckdb
+
+    out = {}
+    try:
+        con = duckdb.connect(str(warehouse), read_only=True)
+        rows = con.execute("SELECT target, gene_key, hits FROM filtered_genes WHERE passed").pl()
+        con.close()
+    except duckdb.Error:
+        return out
+    for entry in entries:
+        mine = rows.filter(rows["target"] == entry["partition"]).sort(["hits", "gene_key"], descending=[True, False])
+        keys = mine["gene_key"].to_list()
+        if entry.get("gene_key") in keys:
+            out[entry["partition"]] = keys.index(entry["gene_key"]) + 1
     return out
 
 
