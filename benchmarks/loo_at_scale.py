@@ -139,7 +139,7 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)  # sampling runs in this process too
     wall_start = time.perf_counter()
     timings: dict[str, float] = {}
-    resources = {"warehouse": warehouse_resource(), "training_device": TrainingDevice(torch_threads=args.torch_threads),
+    resources = {"warehouse": warehouse_resource(), "training_device": TrainingDevice(torch_threads=args.torch_threads or None),
                  "compute": compute_resource()}
     warehouse = home / "warehouse.duckdb"
 
@@ -276,7 +276,7 @@ def main() -> None:
                     per_gene = args.prototypes if variant == "prototypes" else 0
                     res, t_s = run([trial_structures], key, {"trial_structures": {"config": {
                         "max_genes": args.max_genes, "prototypes_per_gene": per_gene,
-                        "max_trials_per_gene": args.max_trials_per_gene}}})
+                        "max_trials_per_gene": args.max_trials_per_gene or None}}})
                     res, r_s = run([relaxed_structures], key)
                     f_s = 0.0
                     if args.refine:

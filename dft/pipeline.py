@@ -12,10 +12,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dft.trials import generate_trials
+
+
+GENE_COLUMNS = ("formula", "space_group", "wyckoff", "gene_key", "trial")
+
+
+def gene_columns(row: dict) -> dict:
+    """The columns that name a gene and its trial, copied from ``row``."""
+    return {k: row.get(k) for k in GENE_COLUMNS}
+
+
+def file_digest(path: str, settings_text: str) -> str:
+    """Short digest of a structure file and the settings applied to it: a task key that changes
+    when either does, so stored results are reused exactly when they still apply."""
+    with open(path, "rb") as fh:
+        return hashlib.sha1(fh.read() + settings_text.encode()).hexdigest()[:10]
 
 
 def gene_hash(gene_key: str) -> str:
@@ -62,6 +77,30 @@ def build_gene_trials(gene: dict, *, seed: int, out_dir: Path, max_attempts: int
     return rows
 
 
+def build_trials(genes: Iterable[dict], *, seed: int, out_dir: Path, max_attempts: int = 10,
+                 min_distance: float = 0.5, max_trials: int | None = None, prototypes=None,
+                 prototypes_per_gene: int = 0, log: Callable[[str], None] | None = None) -> list[dict]:
+    """Trial rows of every gene (dicts with formula, space_group, wyckoff, gene_key; a
+    ``selection_rank`` is carried over): the random PyXtal trials of :func:`build_gene_trials`
+    (at most ``max_trials``; None: the paper's DoF + 1), then, with a
+    :class:`dft.prototypes.PrototypeIndex` and ``prototypes_per_gene`` > 0, up to that many
+    prototype-seeded trials numbered after them (origin ``prototype:<material_id>``)."""
+    from dft.prototypes import prototype_trials
+
+    genes = list(genes)
+    rows = []
+    for i, gene in enumerate(genes):
+        gene_rows = build_gene_trials(gene, seed=seed, out_dir=out_dir, max_attempts=max_attempts,
+                                      min_distance=min_distance, max_trials=max_trials)
+        if prototypes is not None and prototypes_per_gene > 0:
+            gene_rows += prototype_trials(gene, prototypes, out_dir=out_dir, first_trial=len(gene_rows),
+                                          per_gene=prototypes_per_gene, min_distance=min_distance)
+        rows += [dict(r, selection_rank=gene.get("selection_rank")) for r in gene_rows]
+        if log and (i + 1) % 10 == 0:
+            log(f"trials for {i + 1}/{len(genes)} genes")
+    return rows
+
+
 def finite_or_none(x):
     """A float for JSON, or None for a missing / non-finite number."""
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
@@ -81,6 +120,7 @@ def relax_result_fields(r) -> dict:
         "steps": int(r.steps), "sg_before": r.sg_before, "sg_after": r.sg_after, "symmetry_kept": bool(r.symmetry_kept),
         "n_atoms": len(r.structure) if r.structure is not None else None,
         "lattice": lattice_dict(r.structure) if r.structure is not None else None,
+        "cell": getattr(r, "cell", "input"),
     }
 
 
@@ -94,21 +134,69 @@ def relax_task(payload: dict) -> dict:
 
     structure = Structure.from_file(payload["cif_path"])
     relaxer = get_relaxer(payload.get("relaxer", "chgnet"))
-    kwargs = {"fmax": float(payload.get("fmax", 0.05)), "max_steps": int(payload.get("max_steps", 500))}
-    if payload.get("primitive", True):
+    settings = _relax_settings(payload)
+    kwargs = {"fmax": settings[1], "max_steps": settings[2]}
+    if settings[3]:
         r = relax_primitive(relaxer, structure, **kwargs)
     else:
         r = relaxer.relax(structure, **kwargs)
+    return relax_row(r, payload)
+
+
+def _relax_settings(payload: dict) -> tuple[str, float, int, bool]:
+    """(relaxer, fmax, max_steps, primitive) of a relax payload, with the defaults."""
+    return (str(payload.get("relaxer", "chgnet")), float(payload.get("fmax", 0.05)),
+            int(payload.get("max_steps", 500)), bool(payload.get("primitive", True)))
+
+
+def relax_row(r, payload: dict) -> dict:
+    """The result dict of one relaxation (per-structure or batched): the relaxed CIF written to
+    ``payload["out_cif"]`` when given."""
     out = write_structure(r.structure, payload["out_cif"]) if r.structure is not None and payload.get("out_cif") else None
     return {**relax_result_fields(r), "converged": bool(r.converged), "seconds": round(r.seconds, 3),
             "cpu_seconds": round(r.cpu_seconds, 3), "relaxer": r.relaxer, "relaxed_cif": out}
 
 
-# Which energies a relaxer returns. CHGNet 0.3.0 is fitted to MPtrj energies with MP2020
-# corrections already applied: correcting again lowers an oxide by its anion correction (measured
-# here: CaTiO3 perovskites came out 0.41 eV/atom below MP's -3.54 eV/atom, exactly 3 x 0.687 / 5).
-# SevenNet-0 is fitted to the raw (uncorrected) MPtrj energies, which MP2020 then corrects.
-ENERGY_SCALE = {"chgnet": "mp2020_corrected", "sevennet": "mp_raw"}
+def relax_batch_task(items: list[tuple[str, dict]]):
+    """Batched :func:`relax_task` for :func:`dft.hpc.run_tasks` (``batched=True``): ``items`` are
+    ``(key, payload)`` pairs with relax_task's payloads; tasks with the same relaxer, fmax,
+    max_steps and primitive setting are relaxed together (:mod:`dft.batch_relax`, one model call
+    per step), and ``(key, result)`` is yielded the moment each finishes, with relax_task's fields.
+    A CIF that cannot be read is a failed row; it does not stop the others. Threads are left as
+    the worker set them (run_tasks caps them at ``threads_per_task``)."""
+    from pymatgen.core import Structure
+
+    from dft.batch_relax import get_batch_relaxer
+
+    groups: dict[tuple, list[tuple[str, dict, object]]] = {}
+    for key, payload in items:
+        try:
+            structure = Structure.from_file(payload["cif_path"])
+        except Exception as exc:
+            yield key, {"verdict": "failed", "reason": f"{type(exc).__name__}: {str(exc).strip()[:500]}"}
+            continue
+        groups.setdefault(_relax_settings(payload), []).append((key, payload, structure))
+    for (relaxer, fmax, max_steps, primitive), members in groups.items():
+        batch = get_batch_relaxer(relaxer, threads=None)
+        for index, result in batch.iter_relax([m[2] for m in members], fmax=fmax, max_steps=max_steps,
+                                              primitive=primitive):
+            key, payload, _ = members[index]
+            yield key, relax_row(result, payload)
+
+
+# Which energies a relaxer returns, from the model registry (dft.relax.MODELS). CHGNet 0.3.0 is
+# fitted to MPtrj energies with MP2020 corrections already applied: correcting again lowers an oxide
+# by its anion correction (measured here: CaTiO3 perovskites came out 0.41 eV/atom below MP's
+# -3.54 eV/atom, exactly 3 x 0.687 / 5). The SevenNet models are fitted to the raw (uncorrected)
+# MPtrj energies, which MP2020 then corrects (tests/test_model_registry.py checks every model's
+# E_f of a snapshot oxide against MP's).
+def _energy_scales() -> dict[str, str]:
+    from dft.relax import MODELS
+
+    return {name: spec.energy_scale for name, spec in MODELS.items()}
+
+
+ENERGY_SCALE = _energy_scales()
 
 
 def score_relaxations(rows: Iterable[dict], *, references: dict[str, float], hull, novelty) -> list[dict]:
@@ -123,7 +211,7 @@ def score_relaxations(rows: Iterable[dict], *, references: dict[str, float], hul
     out = []
     for row in rows:
         row = dict(row, corrected_energy=None, formation_energy_per_atom=None, e_above_hull=None,
-                   is_novel=None, matched_material_id=None, energy_note="")
+                   is_novel=None, matched_material_id=None, energy_note="", novelty_note="")
         if row.get("relaxed_cif") and row.get("energy") is not None and row["verdict"] in ("converged", "not_converged"):
             try:
                 s = Structure.from_file(row["relaxed_cif"])
@@ -139,8 +227,8 @@ def score_relaxations(rows: Iterable[dict], *, references: dict[str, float], hul
                     ef = formation_energy_per_atom(s.composition, corrected, references)
                     row.update(corrected_energy=corrected, formation_energy_per_atom=ef,
                                e_above_hull=hull.e_above_hull(s.composition, ef))
-                novel, match = novelty.match(s)
-                row.update(is_novel=bool(novel), matched_material_id=match)
+                novel, match, note = novelty.check(s)  # None: unknown (an unparsed reference)
+                row.update(is_novel=novel, matched_material_id=match, novelty_note=note)
             except Exception as exc:  # a broken CIF or an element outside the references
                 row["energy_note"] = f"scoring_failed: {type(exc).__name__}: {exc}"
         out.append(row)
@@ -195,3 +283,82 @@ def write_dfpt_inputs(cif_path: str, directory: str, supercell_matrix=None, supe
     matrix = supercell_matrix or diagonal_supercell(primitive, supercell_min_length)
     write_vasp_inputs(primitive, directory, dfpt=True, supercell=matrix)
     return str(directory)
+
+
+# ---- the relaxation and phonon stages as plain functions (the assets only read, call, write) -----
+
+
+def relax_tasks(trials: Iterable[dict], base: Path, *, relaxer: str, fmax: float, max_steps: int,
+                primitive: bool = True, code: str = "") -> tuple[dict[str, dict], dict[str, dict]]:
+    """``(tasks, trial_of)``: one :func:`relax_task` payload per built trial (dicts with
+    ``cif_path``, ``gene_key``, ``trial``), keyed by gene, trial, relaxer and a digest of the trial
+    file, the settings and ``code`` (a version of the code that relaxes), so a stored result is
+    reused exactly when it still applies; the CIFs go under ``base/cif``. Primitive and
+    conventional relaxations give the same structure and energy, so they share results; only the
+    conventional-only setting gets its own key."""
+    tasks, trial_of = {}, {}
+    for row in trials:
+        settings_text = f"{relaxer}|{fmax}|{max_steps}" + ("" if primitive else "|conventional") + (f"|{code}" if code else "")
+        key = f"{gene_hash(row['gene_key'])}-t{row['trial']}-{relaxer}-{file_digest(row['cif_path'], settings_text)}"
+        tasks[key] = {"cif_path": row["cif_path"], "relaxer": relaxer, "fmax": fmax, "max_steps": max_steps,
+                      "primitive": primitive, "out_cif": str(Path(base) / "cif" / f"{key}.cif")}
+        trial_of[key] = row
+    return tasks, trial_of
+
+
+def relaxed_rows(results: dict[str, dict], trial_of: dict[str, dict], relaxer: str) -> list[dict]:
+    """One row per relaxation result: the trial's gene columns and ``origin`` (random /
+    prototype:<id>), the result, and a verdict (``failed`` when the task returned none)."""
+    return [{**gene_columns(trial_of[key]), "origin": trial_of[key].get("origin"), "relaxer": relaxer, **res,
+             "verdict": res.get("verdict", "failed"),
+             "symmetry_kept": bool(res.get("symmetry_kept", False)), "steps": res.get("steps", 0)}
+            for key, res in results.items()]
+
+
+def mark_best_trials(rows: list[dict]) -> list[dict]:
+    """``best_trial`` on every row (:func:`best_trial_per_gene`) and the lattice as JSON text."""
+    best = {id(r) for r in best_trial_per_gene(rows).values()}
+    for r in rows:
+        r.update(best_trial=id(r) in best, lattice=json.dumps(r.get("lattice")))
+    return rows
+
+
+def phonon_tasks(candidates: Iterable[dict], base: Path, *, supercell_min_length: float,
+                 code: str = "") -> tuple[dict, dict]:
+    """``(tasks, row_of)``: one :func:`phonon_task` payload per relaxed candidate (rows of
+    ``relaxed_structures``), keyed by gene and a digest of the relaxed CIF, the supercell length and
+    ``code`` (a version of the phonon code); band plots under ``base/bands``."""
+    tasks, row_of = {}, {}
+    for row in candidates:
+        key = f"{gene_hash(row['gene_key'])}-{file_digest(row['relaxed_cif'], str(supercell_min_length) + code)}"
+        tasks[key] = {"cif_path": row["relaxed_cif"], "relaxer": row["relaxer"],
+                      "supercell_min_length": supercell_min_length, "png": str(Path(base) / "bands" / f"{key}.png"),
+                      "title": f"{row['formula']} SG {row['space_group']}"}
+        row_of[key] = row
+    return tasks, row_of
+
+
+def phonon_rows(results: dict[str, dict], row_of: dict[str, dict], skipped: Iterable[tuple[dict, str]]) -> list[dict]:
+    """One row per phonon result (verdict ``failed`` when the task returned none) and one
+    ``skipped`` row, with its reason, per candidate that was not computed."""
+    rows = []
+    for key, res in results.items():
+        rows.append({**gene_columns(row_of[key]), "verdict": res.get("verdict", "failed"),
+                     "min_frequency_thz": res.get("min_frequency_thz"), "where_min": res.get("where"),
+                     "reason": res.get("reason"), "supercell": json.dumps(res.get("supercell_matrix")),
+                     "n_displacements": res.get("n_displacements"), "seconds": res.get("seconds"),
+                     "cpu_seconds": res.get("cpu_seconds"), "band_png": res.get("band_png"),
+                     "vasp_dfpt_dir": res.get("vasp_dfpt_dir"), "supercell_matrix": res.get("supercell_matrix"),
+                     "relaxed_cif": row_of[key]["relaxed_cif"], "task_key": key})
+    rows += [{**gene_columns(row), "verdict": "skipped", "reason": why} for row, why in skipped]
+    return rows
+
+
+def write_dfpt_for(rows: list[dict], directory: Path, supercell_min_length: float) -> list[dict]:
+    """The paper's VASP DFPT inputs (:func:`write_dfpt_inputs`) for every computed (stable or
+    unstable) phonon row, under ``directory/<task key>``; the path goes into ``vasp_dfpt_dir``."""
+    for r in rows:
+        if r.get("verdict") in ("stable", "unstable"):
+            r["vasp_dfpt_dir"] = write_dfpt_inputs(r["relaxed_cif"], str(Path(directory) / r["task_key"]),
+                                                   r.get("supercell_matrix"), supercell_min_length)
+    return rows

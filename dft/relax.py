@@ -36,6 +36,7 @@ Decisions, so the numbers in a :class:`RelaxResult` mean one thing:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import sys
@@ -73,6 +74,10 @@ class RelaxResult:
     seconds: float  # wall time
     relaxer: str
     cpu_seconds: float = 0.0  # process CPU time (all threads)
+    # which cell ``structure`` is: "input" (the cell given), "conventional" (relaxed in the
+    # primitive cell, returned in spglib's conventional cell) or "primitive" (the conventional
+    # cell could not be recovered; ``reason`` says why). See relax_primitive.
+    cell: str = "input"
 
 
 @runtime_checkable
@@ -125,7 +130,7 @@ def space_group_number(atoms_or_structure, symprec: float = RELAX_SYMPREC) -> in
         cell = (s.lattice.matrix, s.frac_coords, [site.specie.Z for site in s])
     try:
         ds = spglib.get_symmetry_dataset(cell, symprec=symprec)
-    except Exception:
+    except Exception:  # None is recorded by the caller (RelaxResult.reason: "spglib found no space group")
         return None
     return None if ds is None else int(ds.number)
 
@@ -156,6 +161,164 @@ def _min_distance(atoms) -> float:
     return float(d.min()) if len(d) else math.inf
 
 
+def _cached_frechet_filter(atoms):
+    return _cached_filter_class()(atoms)
+
+
+@functools.cache
+def _cached_filter_class():
+    """ASE's ``FrechetCellFilter`` whose generalized forces are computed once per configuration.
+
+    The filter recomputes them (a 3x3 matrix log plus nine ``expm_frechet`` calls, ~5-20 ms) on
+    every ``get_forces``; an optimizer step reads them two or three times at the same positions.
+    The cache is keyed on the atoms' positions and cell, so any change recomputes them."""
+    from ase.filters import FrechetCellFilter
+
+    class CachedFrechetCellFilter(FrechetCellFilter):
+        _key = None
+        _forces = None
+
+        def get_forces(self, **kwargs):
+            key = (self.atoms.positions.tobytes(), np.asarray(self.atoms.cell).tobytes())
+            if kwargs or self._forces is None or key != self._key:
+                forces = super().get_forces(**kwargs)
+                if kwargs:
+                    return forces
+                self._key, self._forces = key, forces
+            return self._forces.copy()
+
+    return CachedFrechetCellFilter
+
+
+class Relaxation:
+    """One structure's symmetry-kept relaxation, advanced one step at a time by a driver.
+
+    The state is exactly the per-structure machinery: an ASE ``Atoms`` with ``FixSymmetry``
+    appended to its constraints, a ``FrechetCellFilter`` over it and the optimizer by name. A
+    driver alternates :meth:`evaluate` (read energy and forces at the current configuration from
+    the calculator -- which computes them, or serves results computed for a whole batch -- then run
+    the convergence and explosion checks) and :meth:`step` (one optimizer step) until ``done``;
+    ``result`` is then the :class:`RelaxResult`. :class:`AseRelaxer` drives one relaxation with a
+    real calculator, :mod:`dft.batch_relax` many in lockstep, so verdicts cannot drift apart.
+    Nothing raises: a failure anywhere finishes the relaxation with verdict "failed"."""
+
+    def __init__(self, structure, calculator, *, name: str, optimizer: str = "FIRE",
+                 symprec: float = RELAX_SYMPREC, fmax: float = 0.05, max_steps: int = 500):
+        from ase import optimize
+        from ase.constraints import FixSymmetry
+
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.cpu_seconds: float | None = None  # a batch driver accounts CPU itself
+        self.input, self.name, self.symprec = structure, name, symprec
+        self.fmax, self.max_steps = float(fmax), int(max_steps)
+        self.energy, self.max_force, self.steps = math.nan, math.nan, 0
+        self.result: RelaxResult | None = None
+        self.atoms = None
+        self.sg_before = None
+        try:
+            self.atoms = _to_atoms(structure)
+            self.n_atoms = len(self.atoms)
+            self.sg_before = space_group_number(self.atoms, symprec)
+            self.atoms.calc = calculator
+            self.atoms.set_constraint(list(self.atoms.constraints) + [FixSymmetry(self.atoms, symprec=symprec)])
+            self.volume0 = self.atoms.get_volume()
+            self.filter = _cached_frechet_filter(self.atoms)
+            self.optimizer = getattr(optimize, optimizer)(self.filter, logfile=None)
+        except Exception as exc:
+            self.fail(exc)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def evaluate(self) -> None:
+        """Energy and generalized forces at the current configuration, then the checks: finish as
+        exploded (non-finite, volume), converged (largest filter row <= fmax) or not converged
+        (max_steps reached; both after the final checks), or stay active for the next step."""
+        if self.done:
+            return
+        try:
+            energy = self.atoms.get_potential_energy()
+            gen_forces = self.filter.get_forces()
+            self.energy = energy
+            if not (math.isfinite(energy) and np.all(np.isfinite(gen_forces))):
+                raise _Exploded("non_finite: energy or forces not finite")
+            self.max_force = float(np.linalg.norm(gen_forces, axis=1).max())
+            ratio = self.atoms.get_volume() / self.volume0
+            if not (1 / VOLUME_RATIO_LIMIT <= ratio <= VOLUME_RATIO_LIMIT):
+                raise _Exploded(f"volume_change: V/V0 = {ratio:.2f}")
+            if self.max_force <= self.fmax or self.steps >= self.max_steps:
+                self._final_checks()
+                if self.max_force <= self.fmax:
+                    self._finish("converged", "")
+                else:
+                    self._finish("not_converged", f"max_steps: {self.steps} steps, max force "
+                                 f"{self.max_force:.3f} > fmax {self.fmax}")
+        except _Exploded as exc:
+            self._finish("exploded", str(exc))
+        except Exception as exc:  # calculator failure: a row, not a crash
+            self.fail(exc)
+
+    def step(self) -> None:
+        """One optimizer step from the evaluated configuration."""
+        if self.done:
+            return
+        try:
+            self.optimizer.step()
+            self.optimizer.nsteps += 1
+            self.steps = self.optimizer.nsteps
+        except Exception as exc:
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """Finish with verdict "failed" and the exception as the reason (a batch driver passes
+        the exception its batched evaluation raised for this structure)."""
+        if isinstance(exc, _Exploded):
+            self._finish("exploded", str(exc))
+        else:
+            self._finish("failed", f"{type(exc).__name__}: {str(exc).strip()[:500]}")
+
+    def _final_checks(self) -> None:
+        e_atom = self.energy / self.n_atoms
+        lo, hi = ENERGY_PER_ATOM_BOUNDS
+        if not lo <= e_atom <= hi:
+            raise _Exploded(f"energy_per_atom: {e_atom:.2f} eV outside [{lo}, {hi}]")
+        if self.max_force > FORCE_LIMIT:
+            raise _Exploded(f"max_force: {self.max_force:.1f} eV/A > {FORCE_LIMIT}")
+        dmin = _min_distance(self.atoms)
+        if dmin < MIN_DISTANCE:
+            raise _Exploded(f"atoms_collapsed: min distance {dmin:.2f} A < {MIN_DISTANCE}")
+
+    def _finish(self, verdict: str, reason: str) -> None:
+        atoms = self.atoms
+        final, sg_after = self.input, None
+        if atoms is not None:
+            try:
+                final = _to_structure(atoms)
+            except Exception as exc:  # the relaxed cell is lost: a failed row, never the input cell
+                final, verdict = None, "failed"
+                why = f"structure_conversion_failed: {type(exc).__name__}: {str(exc).strip()[:300]}"
+                reason = f"{why}; {reason}" if reason else why
+            sg_after = space_group_number(atoms, self.symprec)
+            if self.sg_before is None or sg_after is None:
+                why = (f"spglib found no space group at symprec {self.symprec} "
+                       f"({'before' if self.sg_before is None else 'after'})")
+                reason = f"{reason}; {why}" if reason else why
+        n_atoms = len(atoms) if atoms is not None else 0
+        energy = float(self.energy)
+        cpu = self.cpu_seconds if self.cpu_seconds is not None else time.process_time() - self.cpu0
+        self.result = RelaxResult(
+            structure=final, energy=energy, energy_per_atom=energy / max(n_atoms, 1),
+            max_force=float(self.max_force), steps=int(self.steps),
+            converged=verdict == "converged", verdict=verdict, reason=reason,
+            sg_before=self.sg_before, sg_after=sg_after,
+            symmetry_kept=self.sg_before is not None and sg_after == self.sg_before,
+            seconds=time.perf_counter() - self.wall0, relaxer=self.name, cpu_seconds=cpu,
+        )
+        if atoms is not None:
+            atoms.calc = None  # release the calculator (and a batch's served results)
+
+
 class AseRelaxer:
     """Relax with any ASE calculator; ``calculator_factory()`` returns a fresh calculator."""
 
@@ -177,82 +340,108 @@ class AseRelaxer:
     def relax(self, structure, *, fmax: float = 0.05, max_steps: int = 500) -> RelaxResult:
         """Relax positions and cell under the structure's symmetry; never raises for bad physics."""
         with limited_threads(self.threads, torch_too=self.uses_torch):
-            return self._relax(structure, fmax=fmax, max_steps=max_steps)
-
-    def _relax(self, structure, *, fmax: float, max_steps: int) -> RelaxResult:
-        from ase import optimize
-        from ase.constraints import FixSymmetry
-        from ase.filters import FrechetCellFilter
-
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        atoms = _to_atoms(structure)
-        n_atoms = len(atoms)
-        sg_before = space_group_number(atoms, self.symprec)
-        state = {"energy": math.nan, "max_force": math.nan, "steps": 0}
-
-        def finish(verdict: str, reason: str) -> RelaxResult:
             try:
-                final = _to_structure(atoms)
-            except Exception:  # never lose the row over a conversion
-                final = structure
-            sg_after = space_group_number(atoms, self.symprec)
-            energy = float(state["energy"])
-            return RelaxResult(
-                structure=final, energy=energy, energy_per_atom=energy / max(n_atoms, 1),
-                max_force=float(state["max_force"]), steps=int(state["steps"]),
-                converged=verdict == "converged", verdict=verdict, reason=reason,
-                sg_before=sg_before, sg_after=sg_after,
-                symmetry_kept=sg_before is not None and sg_after == sg_before,
-                seconds=time.perf_counter() - wall0, relaxer=self.name,
-                cpu_seconds=time.process_time() - cpu0,
-            )
-
-        try:
-            atoms.calc = self._factory()
-            atoms.set_constraint(list(atoms.constraints) + [FixSymmetry(atoms, symprec=self.symprec)])
-            volume0 = atoms.get_volume()
-            cell_filter = FrechetCellFilter(atoms)
-            opt = getattr(optimize, self.optimizer)(cell_filter, logfile=None)
-
-            def check() -> None:
-                energy = atoms.get_potential_energy()
-                gen_forces = cell_filter.get_forces()
-                state["energy"] = energy
-                if not (math.isfinite(energy) and np.all(np.isfinite(gen_forces))):
-                    raise _Exploded("non_finite: energy or forces not finite")
-                state["max_force"] = float(np.linalg.norm(gen_forces, axis=1).max())
-                ratio = atoms.get_volume() / volume0
-                if not (1 / VOLUME_RATIO_LIMIT <= ratio <= VOLUME_RATIO_LIMIT):
-                    raise _Exploded(f"volume_change: V/V0 = {ratio:.2f}")
-
-            check()
-            for _ in opt.irun(fmax=fmax, steps=max_steps):
-                state["steps"] = opt.nsteps
-                check()
-            state["steps"] = opt.nsteps
-            check()
-
-            e_atom = state["energy"] / n_atoms
-            lo, hi = ENERGY_PER_ATOM_BOUNDS
-            if not lo <= e_atom <= hi:
-                raise _Exploded(f"energy_per_atom: {e_atom:.2f} eV outside [{lo}, {hi}]")
-            if state["max_force"] > FORCE_LIMIT:
-                raise _Exploded(f"max_force: {state['max_force']:.1f} eV/A > {FORCE_LIMIT}")
-            dmin = _min_distance(atoms)
-            if dmin < MIN_DISTANCE:
-                raise _Exploded(f"atoms_collapsed: min distance {dmin:.2f} A < {MIN_DISTANCE}")
-        except _Exploded as exc:
-            return finish("exploded", str(exc))
-        except Exception as exc:  # calculator or optimizer failure: a row, not a crash
-            return finish("failed", f"{type(exc).__name__}: {str(exc).strip()[:500]}")
-
-        if state["max_force"] <= fmax:
-            return finish("converged", "")
-        return finish("not_converged", f"max_steps: {state['steps']} steps, max force "
-                      f"{state['max_force']:.3f} > fmax {fmax}")
+                calculator = self._factory()
+            except Exception as exc:
+                calculator, error = None, exc
+            else:
+                error = None
+            run = Relaxation(structure, calculator, name=self.name, optimizer=self.optimizer,
+                             symprec=self.symprec, fmax=fmax, max_steps=max_steps)
+            if error is not None:
+                run.fail(error)
+            while not run.done:
+                run.evaluate()
+                run.step()
+            return run.result
 
 
-# ---- machine-learned potentials, loaded lazily once per process ---------------------------
+# ---- machine-learned potentials: one registry, loaded lazily once per process ----------------
+
+ENERGY_SCALES = ("mp2020_corrected", "mp_raw")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One MLIP whose weights ship inside an installed wheel (never downloaded at run time).
+
+    ``family``: the package that runs it ("chgnet" | "sevennet"); ``checkpoint``: the package's own
+    name for the weights; ``weights``: the file, relative to the package's pretrained folder;
+    ``modal``: the fidelity head of a multi-fidelity model (None otherwise); ``energy_scale``:
+    "mp2020_corrected" when the model's total energies are already on MP's corrected scale,
+    "mp_raw" when they are raw MPtrj (PBE / PBE+U) energies that MP2020 still corrects."""
+
+    name: str
+    family: str
+    checkpoint: str
+    weights: str
+    modal: str | None
+    energy_scale: str
+    description: str
+
+
+def _spec(name, family, checkpoint, weights, modal, energy_scale, description) -> ModelSpec:
+    assert energy_scale in ENERGY_SCALES, energy_scale
+    return ModelSpec(name, family, checkpoint, weights, modal, energy_scale, description)
+
+
+# Energy scales are measured, not assumed: tests/test_model_registry.py relaxes a snapshot oxide
+# with every model and checks E_f (through dft.pipeline.score_relaxations) against MP's within
+# 0.1 eV/atom; applying MP2020 to CHGNet (or leaving it off SevenNet) misses by ~0.3 eV/atom.
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    _spec("chgnet", "chgnet", "0.3.0", "0.3.0/chgnet_0.3.0_e29f68s314m37.pth.tar", None, "mp2020_corrected",
+          "CHGNet 0.3.0 (MPtrj; fitted to MP2020-corrected energies); matbench-discovery F1 0.613"),
+    _spec("sevennet", "sevennet", "7net-0", "SevenNet_0__11Jul2024/checkpoint_sevennet_0.pth", None, "mp_raw",
+          "alias of sevennet-0 (the name older tables carry)"),
+    _spec("sevennet-0", "sevennet", "7net-0", "SevenNet_0__11Jul2024/checkpoint_sevennet_0.pth", None, "mp_raw",
+          "SevenNet-0 11Jul2024 (MPtrj raw energies); matbench-discovery F1 0.724"),
+    _spec("sevennet-l3i5", "sevennet", "7net-l3i5", "SevenNet_l3i5/checkpoint_l3i5.pth", None, "mp_raw",
+          "SevenNet-l3i5 (MPtrj raw energies, l_max 3, 5 layers); matbench-discovery F1 0.760"),
+    _spec("sevennet-mf0", "sevennet", "7net-mf-0", "SevenNet_MF_0/checkpoint_sevennet_mf_0.pth", "PBE", "mp_raw",
+          "SevenNet-MF-0 multi-fidelity (PBE/PBE+U MPtrj + r2SCAN heads), evaluated with the PBE head"),
+)}
+DEFAULT_RELAXER = "chgnet"
+
+_PRETRAINED_DIRS = {"chgnet": ("chgnet", "pretrained"), "sevennet": ("sevenn", "pretrained_potentials")}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registry entry of ``name`` (case-insensitive); ValueError naming the known models."""
+    spec = MODELS.get(str(name).lower())
+    if spec is None:
+        raise ValueError(f"unknown relaxer {name!r}; valid: {', '.join(sorted(MODELS))}")
+    return spec
+
+
+def weights_path(spec: ModelSpec):
+    """Where ``spec``'s weights lie in its installed package (found without importing it)."""
+    import importlib.util
+    from pathlib import Path
+
+    package, folder = _PRETRAINED_DIRS[spec.family]
+    found = importlib.util.find_spec(package)
+    if found is None or not found.origin:
+        return None
+    return Path(found.origin).parent / folder / spec.weights
+
+
+def available_models() -> list[str]:
+    """Registry names whose weights are installed here."""
+    return [name for name, spec in sorted(MODELS.items()) if (p := weights_path(spec)) is not None and p.is_file()]
+
+
+def require_weights(name: str):
+    """The weights file of model ``name``; a clear error (never a download) when it is missing."""
+    spec = model_spec(name)
+    path = weights_path(spec)
+    if path is None or not path.is_file():
+        package = _PRETRAINED_DIRS[spec.family][0]
+        raise FileNotFoundError(
+            f"model {spec.name!r} ({spec.description}): weights {spec.weights!r} not found in the installed "
+            f"{package!r} package ({path or 'package not installed'}); weights are never downloaded at run "
+            f"time. Models available here: {', '.join(available_models()) or 'none'}")
+    return path
+
 
 _MODELS: dict[str, object] = {}
 _MODELS_LOCK = threading.Lock()
@@ -266,57 +455,84 @@ def _cached_model(key: str, load: Callable[[], object]):
         return model
 
 
-def _load_chgnet(model_name: str):
+def _load_chgnet(spec: ModelSpec):
+    require_weights(spec.name)  # before importing the package (seconds) and never a download
     from chgnet.model import CHGNet
 
     with contextlib.redirect_stdout(io.StringIO()):
-        return CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
+        return CHGNet.load(model_name=spec.checkpoint, use_device="cpu", verbose=False)
 
 
-class CHGNetRelaxer(AseRelaxer):
-    """CHGNet (pretrained weights shipped in the wheel, offline) on the CPU."""
+def _load_sevennet(spec: ModelSpec):
+    path = require_weights(spec.name)
+    from sevenn import util
+
+    # a file path: sevenn's name resolver (which downloads some checkpoints) is never reached
+    checkpoint = util.load_checkpoint(str(path))
+    model = checkpoint.build_model()
+    model.set_is_batch_data(False)
+    if spec.modal is not None and spec.modal not in (model.modal_map or {}):
+        raise ValueError(f"model {spec.name!r}: modal {spec.modal!r} not in its heads {sorted(model.modal_map or {})}")
+    return model
+
+
+_LOADERS = {"chgnet": _load_chgnet, "sevennet": _load_sevennet}
+
+
+def load_model(name: str):
+    """The torch model of registry entry ``name`` on the CPU, loaded once per process (aliases
+    sharing one weights file share one instance)."""
+    spec = model_spec(name)
+    return _cached_model(f"{spec.family}:{spec.weights}", lambda: _LOADERS[spec.family](spec))
+
+
+class MLIPRelaxer(AseRelaxer):
+    """An :class:`AseRelaxer` whose calculator is a registry model; ``name`` is the registry name
+    (recorded in every result row, so models with one family stay distinguishable)."""
 
     uses_torch = True
+    family = ""
 
-    def __init__(self, *, model_name: str = "0.3.0", optimizer: str = "FIRE", symprec: float = RELAX_SYMPREC,
+    def __init__(self, model: str | None = None, *, optimizer: str = "FIRE", symprec: float = RELAX_SYMPREC,
                  threads: int | None = 1):
-        super().__init__(self._make_calculator, name="chgnet", optimizer=optimizer, symprec=symprec,
+        self.spec = model_spec(model or self.family)
+        if self.family and self.spec.family != self.family:
+            raise ValueError(f"{type(self).__name__} runs {self.family} models, not {self.spec.name!r}")
+        super().__init__(self._make_calculator, name=self.spec.name, optimizer=optimizer, symprec=symprec,
                          threads=threads)
-        self.model_name = model_name
+
+    def _make_calculator(self):
+        raise NotImplementedError
+
+
+class CHGNetRelaxer(MLIPRelaxer):
+    """CHGNet (pretrained weights shipped in the wheel, offline) on the CPU."""
+
+    family = "chgnet"
 
     def _make_calculator(self):
         from chgnet.model.dynamics import CHGNetCalculator
 
-        model = _cached_model(f"chgnet:{self.model_name}", lambda: _load_chgnet(self.model_name))
+        model = load_model(self.spec.name)
         with contextlib.redirect_stdout(io.StringIO()):  # it prints the device
             return CHGNetCalculator(model=model, use_device="cpu", on_isolated_atoms="ignore")
 
 
-def _load_sevennet(model_name: str):
-    from sevenn import util
+class SevenNetRelaxer(MLIPRelaxer):
+    """SevenNet (``sevennet-0`` by default; checkpoints shipped in the wheel) on the CPU; a
+    multi-fidelity checkpoint runs with its registry ``modal``."""
 
-    checkpoint = util.load_checkpoint(model_name)
-    model = checkpoint.build_model()
-    model.set_is_batch_data(False)
-    return model
+    family = "sevennet"
 
-
-class SevenNetRelaxer(AseRelaxer):
-    """SevenNet (``7net-0`` by default; checkpoint shipped in the wheel) on the CPU."""
-
-    uses_torch = True
-
-    def __init__(self, *, model_name: str = "7net-0", optimizer: str = "FIRE", symprec: float = RELAX_SYMPREC,
-                 threads: int | None = 1):
-        super().__init__(self._make_calculator, name="sevennet", optimizer=optimizer, symprec=symprec,
-                         threads=threads)
-        self.model_name = model_name
+    def __init__(self, model: str | None = None, **kwargs):
+        super().__init__(model or "sevennet", **kwargs)
 
     def _make_calculator(self):
         from sevenn.calculator import SevenNetCalculator
 
-        model = _cached_model(f"sevennet:{self.model_name}", lambda: _load_sevennet(self.model_name))
-        return SevenNetCalculator(model=model, file_type="model_instance", device="cpu")
+        model = load_model(self.spec.name)
+        model.set_is_batch_data(False)  # the batched path may share this instance
+        return SevenNetCalculator(model=model, file_type="model_instance", device="cpu", modal=self.spec.modal)
 
 
 def primitive_cell(structure, symprec: float = RELAX_SYMPREC):
@@ -326,7 +542,7 @@ def primitive_cell(structure, symprec: float = RELAX_SYMPREC):
 
     try:
         primitive = SpacegroupAnalyzer(structure, symprec=symprec).find_primitive()
-    except Exception:
+    except Exception:  # not an error in a result: the given cell is then relaxed as it is (cell "input")
         return structure
     return primitive if primitive is not None and len(primitive) < len(structure) else structure
 
@@ -334,35 +550,56 @@ def primitive_cell(structure, symprec: float = RELAX_SYMPREC):
 def relax_primitive(relaxer, structure, *, fmax: float = 0.05, max_steps: int = 500) -> RelaxResult:
     """Relax a centred cell (I, F, C, A, R) in its primitive cell -- 2-4x fewer atoms for the
     potential and the same symmetry -- and return it in spglib's standard conventional cell
-    (ITA setting) with the energy scaled to that cell, so the result reads exactly like a
-    conventional-cell relaxation. Primitive input is relaxed as it is."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
+    (ITA setting) with the energy scaled to that cell (``cell="conventional"``), so the result reads
+    exactly like a conventional-cell relaxation. Primitive input is relaxed as it is
+    (``cell="input"``). When the conventional cell cannot be recovered from the relaxed primitive
+    one (spglib fails, or finds a cell that is not a whole multiple of it -- the relaxation gained
+    a translation), the primitive cell is returned as ``cell="primitive"`` with the reason
+    appended: its energy and energy per atom are that cell's own."""
     primitive = primitive_cell(structure)
     if primitive is structure:  # primitive already, or spglib could not analyse it: relax as given
         return relaxer.relax(structure, fmax=fmax, max_steps=max_steps)
-    result = relaxer.relax(primitive, fmax=fmax, max_steps=max_steps)
+    return conventional_result(relaxer.relax(primitive, fmax=fmax, max_steps=max_steps))
+
+
+def conventional_result(result: RelaxResult) -> RelaxResult:
+    """A primitive-cell relaxation reported in spglib's standard conventional cell, the energy
+    scaled to it (``cell="conventional"``); ``cell="primitive"`` with the reason when it carries no
+    usable structure or the refinement finds another cell. The per-structure and batched paths
+    both use this."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    result.cell = "primitive"
     if result.structure is None or result.verdict not in ("converged", "not_converged"):
         return result
+
+    def kept_primitive(why: str) -> RelaxResult:
+        note = f"conventional_cell_not_recovered: {why}; reported in the primitive cell"
+        result.reason = f"{result.reason}; {note}" if result.reason else note
+        return result
+
     try:
         conventional = SpacegroupAnalyzer(result.structure, symprec=RELAX_SYMPREC).get_refined_structure()
-    except Exception:
-        return result
+    except Exception as exc:
+        return kept_primitive(f"{type(exc).__name__}: {str(exc).strip()[:300]}")
     if len(conventional) % len(result.structure):
-        return result  # refinement found another cell: keep the primitive one, energies as they are
+        return kept_primitive(f"spglib's refined cell has {len(conventional)} atoms, not a multiple of the "
+                              f"relaxed primitive cell's {len(result.structure)}")
     factor = len(conventional) // len(result.structure)
     result.structure = conventional
     result.energy = result.energy * factor
+    result.cell = "conventional"
     return result
 
 
-RELAXERS: dict[str, type[AseRelaxer]] = {"chgnet": CHGNetRelaxer, "sevennet": SevenNetRelaxer}
-DEFAULT_RELAXER = "chgnet"
+RELAXER_CLASSES: dict[str, type[MLIPRelaxer]] = {"chgnet": CHGNetRelaxer, "sevennet": SevenNetRelaxer}
+RELAXERS = MODELS  # registry names (kept for callers that list them)
 
 
-def get_relaxer(name: str = DEFAULT_RELAXER, **kwargs) -> AseRelaxer:
-    """A relaxer by name ("chgnet" default, "sevennet"); kwargs go to its constructor."""
-    key = str(name).lower()
-    if key not in RELAXERS:
-        raise ValueError(f"unknown relaxer {name!r}; valid: {', '.join(sorted(RELAXERS))}")
-    return RELAXERS[key](**kwargs)
+def get_relaxer(name: str = DEFAULT_RELAXER, **kwargs) -> MLIPRelaxer:
+    """The relaxer of registry entry ``name`` (see ``MODELS``); kwargs go to its constructor
+    (optimizer, symprec, threads). Unknown names raise ValueError; missing weights raise
+    FileNotFoundError when the model is first used."""
+    spec = model_spec(name)
+    require_weights(spec.name)
+    return RELAXER_CLASSES[spec.family](spec.name, **kwargs)

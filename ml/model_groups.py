@@ -16,10 +16,12 @@ The cache entry holds the checkpoint and everything :class:`ml.training.TrainRes
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,44 @@ class TargetModel:
     members: list[str]  # partitions of the group (just the target without a group)
     reused: bool  # the group's cached model was loaded, not trained
     cache_dir: str | None
+    training_genes: pl.DataFrame | None = None  # the genes the model was trained on (origins come from them)
+
+
+def group_fields(trained: TargetModel) -> dict:
+    """The group's part of a partition's ``model.json``."""
+    return {"model_group": trained.group, "group_members": trained.members, "reused_group_model": trained.reused,
+            "training_excluded_material_ids": trained.training_excluded_ids}
+
+
+def group_text(trained: TargetModel) -> str:
+    """One line for the asset's metadata, e.g. ``bench (30 members, reused; 41 left out)``."""
+    if not trained.group:
+        return "none (own model)"
+    return (f"{trained.group} ({len(trained.members)} members, {'reused' if trained.reused else 'trained'}; "
+            f"{len(trained.training_excluded_ids)} left out)")
+
+
+def synthesizability_scope(manifest: dict, partition: str) -> tuple[str, list[str]]:
+    """(cache name, material ids left out) of the synthesizability classifier a partition scores
+    with, from its ``model.json``: a model group's partitions share one classifier trained without
+    every member (like the group's PVAE); any other partition its own, without its held-out ids."""
+    if manifest.get("model_group"):
+        return (f"group-{_safe(manifest['model_group'])}",
+                sorted(manifest.get("training_excluded_material_ids") or manifest["excluded_material_ids"]))
+    return partition, sorted(manifest["excluded_material_ids"])
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``<directory>.lock``: two runs of one group (the run queue runs
+    two at a time) train it once, the second waits and then reuses it."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f"{directory.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def group_members(registry: Registry, target: Target) -> list[Target]:
@@ -128,21 +168,22 @@ def train_target_model(genes: pl.DataFrame, registry: Registry, target: Target, 
     remaining = genes.filter(~pl.col("material_id").is_in(excluded))
     if not target.model_group:
         result = train(remaining, config, model_dir, log=log, **train_kwargs)
-        return TargetModel(result, excluded, None, members, False, None)
+        return TargetModel(result, excluded, None, members, False, None, remaining)
     stamp = {"group": target.model_group, "excluded_material_ids": excluded,
              "database_version": str(database_version), "config": config.to_dict()}
     key = group_cache_key(target.model_group, excluded, database_version, config.to_dict())
     directory = Path(groups_dir) / _safe(target.model_group) / key
-    cached = cached_result(directory, stamp)
-    if cached is not None:
+    with _exclusive(directory):
+        cached = cached_result(directory, stamp)
+        if cached is not None:
+            if log:
+                log(f"model group {target.model_group!r}: reusing {directory} ({len(members)} members, "
+                    f"{len(excluded)} materials left out)")
+            return TargetModel(cached, excluded, target.model_group, members, True, str(directory), remaining)
         if log:
-            log(f"model group {target.model_group!r}: reusing {directory} ({len(members)} members, "
-                f"{len(excluded)} materials left out)")
-        return TargetModel(cached, excluded, target.model_group, members, True, str(directory))
-    if log:
-        log(f"model group {target.model_group!r}: training once for {len(members)} members, "
-            f"{len(excluded)} materials left out -> {directory}")
-    (directory / "done.json").unlink(missing_ok=True)
-    result = train(remaining, config, directory, log=log, **train_kwargs)
-    save_train_result(result, directory, stamp)
-    return TargetModel(result, excluded, target.model_group, members, False, str(directory))
+            log(f"model group {target.model_group!r}: training once for {len(members)} members, "
+                f"{len(excluded)} materials left out -> {directory}")
+        (directory / "done.json").unlink(missing_ok=True)
+        result = train(remaining, config, directory, log=log, **train_kwargs)
+        save_train_result(result, directory, stamp)
+    return TargetModel(result, excluded, target.model_group, members, False, str(directory), remaining)

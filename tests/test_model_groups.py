@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from ml.gene_table import gene_row
-from ml.model_groups import group_members, train_target_model, training_exclusion
+from ml.model_groups import (group_fields, group_members, group_text, synthesizability_scope, train_target_model,
+                              training_exclusion)
 from ml.pvae import PVAEConfig
 from ml.targets import load_registry
 from tests.conftest import asset_runner
@@ -84,6 +85,12 @@ def test_group_trains_once_with_every_member_left_out(group_setup, tmp_path):
     # no member is in the training set
     assert not set(MEMBERS) & set(second.result.train_material_ids)
     assert (tmp_path / "CsPbI3-221").is_dir()  # the partition's own folder exists for its model.json
+    # origins come from the genes the model saw: none of the members
+    assert not set(MEMBERS) & set(second.training_genes["material_id"].to_list())
+    assert second.training_genes.height == genes.height - len(second.training_excluded_ids)
+    assert group_fields(second) == {"model_group": "bench", "group_members": ["AlFeCo2-225", "CsPbI3-221"],
+                                    "reused_group_model": True, "training_excluded_material_ids": excluded}
+    assert group_text(first) == f"bench (2 members, trained; {len(excluded)} left out)"
     # another data version or config trains anew
     third = train_target_model(genes, registry, b, PVAEConfig(max_epochs=1, latent_dim=16, batch_size=64, seed=1),
                                tmp_path / "CsPbI3-221", groups, database_version="v1", train=counted, log=None,
@@ -93,8 +100,9 @@ def test_group_trains_once_with_every_member_left_out(group_setup, tmp_path):
     own = train_target_model(genes, registry, loner, TINY, tmp_path / "BaTiO3-160", groups, database_version="v1",
                              train=counted, log=None, accelerator="cpu", devices=1)
     assert own.group is None and not own.reused and len(calls) == 3
+    assert group_text(own) == "none (own model)" and LONER not in own.training_genes["material_id"].to_list()
     assert own.result.checkpoint_path.startswith(str(tmp_path / "BaTiO3-160"))
-    assert set(MEMBERS) <= set(own.result.train_material_ids)
+    assert set(MEMBERS) <= set(own.training_genes["material_id"].to_list())  # train or validation split
 
 
 def test_second_partition_of_a_group_reuses_the_model_through_dagster(group_setup, wycryst_env, monkeypatch):
@@ -126,3 +134,40 @@ def test_second_partition_of_a_group_reuses_the_model_through_dagster(group_setu
     assert j1["excluded_material_ids"] == ["mp-10884"] and j2["excluded_material_ids"] == ["mp-1069538"]
     assert j1["training_excluded_material_ids"] == j2["training_excluded_material_ids"]
     assert set(MEMBERS) <= set(j2["training_excluded_material_ids"])
+
+
+def test_two_members_started_together_train_the_group_once(group_setup, tmp_path):
+    """The run queue runs two partitions at once: the second waits for the first's training (a
+    lock per group cache entry) and reuses it."""
+    import threading
+
+    from ml.training import train_pvae
+
+    registry, genes = group_setup["registry"], group_setup["genes"]
+    calls, out = [], {}
+
+    def counted(*args, **kwargs):
+        calls.append(args[2])
+        return train_pvae(*args, **kwargs)
+
+    def member(key):
+        out[key] = train_target_model(genes, registry, registry.get(key), TINY, tmp_path / key, tmp_path / "groups",
+                                      database_version="v1", train=counted, log=None, accelerator="cpu", devices=1)
+
+    threads = [threading.Thread(target=member, args=(k,)) for k in ("AlFeCo2-225", "CsPbI3-221")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(m.reused for m in out.values()) == [False, True]
+    assert out["AlFeCo2-225"].result.checkpoint_path == out["CsPbI3-221"].result.checkpoint_path
+
+
+def test_synthesizability_scope_follows_the_model_group():
+    group = {"model_group": "loo bench", "excluded_material_ids": ["mp-2"],
+             "training_excluded_material_ids": ["mp-3", "mp-1", "mp-2"]}
+    assert synthesizability_scope(group, "A-1") == ("group-loo_bench", ["mp-1", "mp-2", "mp-3"])
+    other_member = {**group, "excluded_material_ids": ["mp-1"]}
+    assert synthesizability_scope(other_member, "B-2") == synthesizability_scope(group, "A-1")  # one classifier
+    assert synthesizability_scope({"model_group": None, "excluded_material_ids": ["mp-9"]}, "C-3") == ("C-3", ["mp-9"])
+    assert synthesizability_scope({"excluded_material_ids": []}, "D-4") == ("D-4", [])

@@ -116,3 +116,21 @@ def test_volume_rules(heusler_rows):
     assert bigger > s.volume
     with pytest.raises(ValueError, match="volume rule"):
         scaled_volume(s, {}, rule="guess")
+
+
+def test_build_trials_numbers_prototype_trials_after_the_random_ones(heusler_rows, tmp_path):
+    """dft.pipeline.build_trials: a DoF-0 gene gets its one random PyXtal trial (the paper's DoF + 1),
+    then the prototype trials numbered after it; the gene's selection rank rides along; without an
+    index (or with 0 per gene) only the random trial."""
+    from dft.pipeline import build_trials
+
+    target = heusler_rows["mp-10884"]
+    gene = {"formula": target["formula"], "space_group": 225, "wyckoff": target["wyckoff"],
+            "gene_key": target["gene_key"], "selection_rank": 3}
+    index = PrototypeIndex(heusler_rows.values(), exclude_ids=["mp-10884"])
+    rows = build_trials([gene], seed=0, out_dir=tmp_path, prototypes=index, prototypes_per_gene=2)
+    assert [(r["trial"], r["origin"].split(":")[0]) for r in rows] == [(0, "random"), (1, "prototype"), (2, "prototype")]
+    assert {r["selection_rank"] for r in rows} == {3} and "prototype:mp-10884" not in {r["origin"] for r in rows}
+    assert all(r["verdict"] == "ok" for r in rows)
+    for off in ({"prototypes": None, "prototypes_per_gene": 2}, {"prototypes": index, "prototypes_per_gene": 0}):
+        assert [r["origin"] for r in build_trials([gene], seed=0, out_dir=tmp_path, **off)] == ["random"]
