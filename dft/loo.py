@@ -25,7 +25,7 @@ def loo_verdict(target, filtered: pl.DataFrame, best: pl.DataFrame, refined: pl.
 
     ``filtered``: ``gene_key``, ``passed`` of the partition's filtered genes; ``best``: the best
     trial per gene of ``relaxed_structures`` (``relaxed_cif``, energies, ``symmetry_kept``,
-    ``sg_after``); ``refined``: ``refined_structures`` rows that carry an energy (or empty/None)."""
+    ``sg_after``, ``origin`` of the trial: ``best_trial_origin``); ``refined``: ``refined_structures`` rows that carry an energy (or empty/None)."""
     from pymatgen.core import Structure
 
     from dft.matching import compare_lattice, crystal_ranks
@@ -39,10 +39,12 @@ def loo_verdict(target, filtered: pl.DataFrame, best: pl.DataFrame, refined: pl.
     if row["relaxed"]:
         r = mine.row(0, named=True)
         row["sg_kept"] = bool(r["symmetry_kept"] and r["sg_after"] == target.space_group)
-        row.update(formation_energy_per_atom=r["formation_energy_per_atom"], e_above_hull=r["e_above_hull"])
+        row.update(formation_energy_per_atom=r["formation_energy_per_atom"], e_above_hull=r["e_above_hull"],
+                   best_trial_origin=r.get("origin"))
         reference, which = target.lattice()
         if reference:
-            cmp = compare_lattice(Structure.from_file(r["relaxed_cif"]), reference, which, tolerance=lattice_tolerance)
+            cmp = compare_lattice(Structure.from_file(r["relaxed_cif"]), reference, which, tolerance=lattice_tolerance,
+                                  space_group=target.space_group)
             row.update(lattice_within_tolerance=cmp.within, lattice_max_error=cmp.max_relative_error,
                        lattice_reference=which, relaxed_lattice=json.dumps(cmp.relaxed),
                        reference_lattice=json.dumps(cmp.reference))
@@ -94,7 +96,8 @@ def apply_dft(row: dict, refined: pl.DataFrame, keys, target, *, lattice_toleran
                    ground_state_rank_source="dft")
     reference, which = target.lattice()
     if reference and r["mode"] == "relax" and r["refined_cif"] and r["verdict"] in ENERGY_VERDICTS:
-        cmp = compare_lattice(Structure.from_file(r["refined_cif"]), reference, which, tolerance=lattice_tolerance)
+        cmp = compare_lattice(Structure.from_file(r["refined_cif"]), reference, which, tolerance=lattice_tolerance,
+                              space_group=target.space_group)
         row.update(dft_lattice_max_error=cmp.max_relative_error, dft_relaxed_lattice=json.dumps(cmp.relaxed),
                    lattice_within_tolerance=cmp.within, lattice_max_error=cmp.max_relative_error,
                    relaxed_lattice=json.dumps(cmp.relaxed), lattice_source="dft")

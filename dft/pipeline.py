@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dft.trials import generate_trials
@@ -51,7 +51,7 @@ def lattice_dict(structure) -> dict:
 
 
 def build_gene_trials(gene: dict, *, seed: int, out_dir: Path, max_attempts: int = 10,
-                      min_distance: float = 0.5) -> list[dict]:
+                      min_distance: float = 0.5, max_trials: int | None = None) -> list[dict]:
     """Trials of one gene (dict with formula, space_group, wyckoff JSON, gene_key) -> rows;
     the CIF of every built trial is written under ``out_dir/<gene hash>/``."""
     wyckoff = json.loads(gene["wyckoff"]) if isinstance(gene["wyckoff"], str) else gene["wyckoff"]
@@ -59,7 +59,7 @@ def build_gene_trials(gene: dict, *, seed: int, out_dir: Path, max_attempts: int
     rows = []
     for t in generate_trials(gene["formula"], int(gene["space_group"]), wyckoff,
                              seed=gene_seed(seed, gene["gene_key"]), max_attempts=max_attempts,
-                             min_distance=min_distance):
+                             min_distance=min_distance, max_trials=max_trials):
         cif_path = None
         if t.structure is not None:
             path = Path(out_dir) / h / f"trial_{t.trial}.cif"
@@ -69,11 +69,35 @@ def build_gene_trials(gene: dict, *, seed: int, out_dir: Path, max_attempts: int
         rows.append({
             "formula": gene["formula"], "space_group": int(gene["space_group"]), "wyckoff": gene["wyckoff"]
             if isinstance(gene["wyckoff"], str) else json.dumps(wyckoff, sort_keys=True),
-            "gene_key": gene["gene_key"], "trial": t.trial, "seed": t.seed, "verdict": t.verdict,
+            "gene_key": gene["gene_key"], "trial": t.trial, "seed": t.seed, "origin": "random", "verdict": t.verdict,
             "reason": t.reason, "min_distance": t.min_distance, "space_group_built": t.space_group_built,
             "n_atoms": len(t.structure) if t.structure is not None else None,
             "seconds": round(t.seconds, 4), "cif_path": cif_path,
         })
+    return rows
+
+
+def build_trials(genes: Iterable[dict], *, seed: int, out_dir: Path, max_attempts: int = 10,
+                 min_distance: float = 0.5, max_trials: int | None = None, prototypes=None,
+                 prototypes_per_gene: int = 0, log: Callable[[str], None] | None = None) -> list[dict]:
+    """Trial rows of every gene (dicts with formula, space_group, wyckoff, gene_key; a
+    ``selection_rank`` is carried over): the random PyXtal trials of :func:`build_gene_trials`
+    (at most ``max_trials``; None: the paper's DoF + 1), then, with a
+    :class:`dft.prototypes.PrototypeIndex` and ``prototypes_per_gene`` > 0, up to that many
+    prototype-seeded trials numbered after them (origin ``prototype:<material_id>``)."""
+    from dft.prototypes import prototype_trials
+
+    genes = list(genes)
+    rows = []
+    for i, gene in enumerate(genes):
+        gene_rows = build_gene_trials(gene, seed=seed, out_dir=out_dir, max_attempts=max_attempts,
+                                      min_distance=min_distance, max_trials=max_trials)
+        if prototypes is not None and prototypes_per_gene > 0:
+            gene_rows += prototype_trials(gene, prototypes, out_dir=out_dir, first_trial=len(gene_rows),
+                                          per_gene=prototypes_per_gene, min_distance=min_distance)
+        rows += [dict(r, selection_rank=gene.get("selection_rank")) for r in gene_rows]
+        if log and (i + 1) % 10 == 0:
+            log(f"trials for {i + 1}/{len(genes)} genes")
     return rows
 
 
@@ -283,9 +307,10 @@ def relax_tasks(trials: Iterable[dict], base: Path, *, relaxer: str, fmax: float
 
 
 def relaxed_rows(results: dict[str, dict], trial_of: dict[str, dict], relaxer: str) -> list[dict]:
-    """One row per relaxation result: the trial's gene columns, the result, and a verdict
-    (``failed`` when the task returned none)."""
-    return [{**gene_columns(trial_of[key]), "relaxer": relaxer, **res, "verdict": res.get("verdict", "failed"),
+    """One row per relaxation result: the trial's gene columns and ``origin`` (random /
+    prototype:<id>), the result, and a verdict (``failed`` when the task returned none)."""
+    return [{**gene_columns(trial_of[key]), "origin": trial_of[key].get("origin"), "relaxer": relaxer, **res,
+             "verdict": res.get("verdict", "failed"),
              "symmetry_kept": bool(res.get("symmetry_kept", False)), "steps": res.get("steps", 0)}
             for key, res in results.items()]
 

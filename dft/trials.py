@@ -167,8 +167,10 @@ def build_trial(formula: str, space_group: int, wyckoff: dict, *, seed: int, tri
 
 def generate_trials(formula: str, space_group: int, wyckoff: dict, *, seed: int, n: int | None = None,
                     max_attempts: int = 10, min_distance: float = DEFAULT_MIN_DISTANCE,
-                    tol_factor: float = DEFAULT_TOL_FACTOR) -> list[TrialResult]:
-    """``n`` trials of a gene (default :func:`n_trials` of its total DoF), reproducible by ``seed``.
+                    tol_factor: float = DEFAULT_TOL_FACTOR, max_trials: int | None = None) -> list[TrialResult]:
+    """``n`` trials of a gene (default :func:`n_trials` of its total DoF, at most ``max_trials``
+    when given: a budget for low-symmetry genes), reproducible by ``seed``; trial ``t`` is the same
+    whatever the count, so a capped run's trials are the first ones of an uncapped run.
 
     An invalid gene gives one ``invalid_gene`` result; a gene PyXtal cannot realize gives
     ``pyxtal_failed`` results. Never raises for a bad gene.
@@ -180,6 +182,8 @@ def generate_trials(formula: str, space_group: int, wyckoff: dict, *, seed: int,
         return [TrialResult(0, trial_seed(seed, 0), None, "invalid_gene", str(exc), None,
                             time.perf_counter() - start, None)]
     count = n_trials(inputs[3]) if n is None else int(n)
+    if max_trials:
+        count = min(count, int(max_trials))
     return [
         build_trial(formula, space_group, wyckoff, seed=trial_seed(seed, t), trial=t,
                     max_attempts=max_attempts, min_distance=min_distance, tol_factor=tol_factor,

@@ -9,6 +9,11 @@ reliability
                         its default ICSD-24 oxidation-state set, all-metal compositions valid as
                         alloys — the settings under which the paper's eight new materials, with
                         Bi(II) and Ag(III), pass). One SMACT call per distinct formula.
+                        In a leave-one-out partition the target's own formula is the task's
+                        input, not a generated composition: genes of that formula are not judged
+                        (note ``formula_given_by_target`` where SMACT would have rejected it --
+                        7 % of the snapshot's drawable ternaries, e.g. borides such as LuOsB2 or
+                        Er6MnTe2, exist in MP and fail SMACT).
   ``wyckoff_ok``        :func:`ml.genes.validate_gene`: letters exist in the space group,
                         multiplicities match, no DoF-0 site twice, sites reproduce the formula.
   ``ternary_ok``        exactly ``n_elements`` distinct elements (3: the PVAE is trained on and the
@@ -22,8 +27,12 @@ reliability
 feasibility
   ``elements_ok``       every element in the list: ``config.elements`` if given, else the
                         campaign's list; no list (LOO without ``config.elements``) -> True.
-  ``size_ok``           atoms per conventional cell <= ``max_atoms_per_cell`` and total DoF <=
-                        ``max_total_dof``; invalid genes fail (no size to judge).
+  ``size_ok``           atoms in the cell that is computed <= ``max_atoms_per_cell`` and total
+                        DoF <= ``max_total_dof``; invalid genes fail (no size to judge). The cell
+                        is ``config.size_cell``: "primitive" (default; the relaxer, phonons and
+                        DFT run on the primitive cell: conventional atoms / the centring's lattice
+                        points, :func:`ml.wyckoff.centring_multiplicity`, so an Fd-3m A2B2O7
+                        pyrochlore gene counts 22 atoms, not 88) or "conventional".
   ``energy_ok``         ``predicted_formation_energy`` <= ``max_predicted_formation_energy``.
   ``synthesizable_ok``  synthesizability score >= ``min_synthesizability``.
 target
@@ -36,7 +45,8 @@ the rules a row fails (empty exactly when ``passed``); ``notes`` lists rules tha
 evaluated and so did not reject (e.g. ``synthesizability_not_evaluated`` when no model is given:
 ``synthesizability`` is then null and ``synthesizable_ok`` True) and keeps the text of an
 unexpected error behind a reason code (``wyckoff_error: KeyError: ...``). Reason codes: see
-:data:`REASONS`. Added number columns: ``atoms_per_cell``, ``total_dof`` (null for invalid genes)
+:data:`REASONS`. Added number columns: ``atoms_per_cell`` (conventional), ``atoms_per_primitive_cell``,
+``total_dof`` (null for invalid genes)
 and ``synthesizability`` (null when not scored).
 """
 
@@ -46,12 +56,14 @@ import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import polars as pl
 
 from ml.genes import GeneError, gene_key, normalize_formula, validate_gene
 from ml.targets import Target
+from ml.wyckoff import centring_multiplicity
 
 # rule column -> the reason codes it can emit
 REASONS: dict[str, tuple[str, ...]] = {
@@ -66,7 +78,7 @@ REASONS: dict[str, tuple[str, ...]] = {
     "synthesizable_ok": ("synthesizability_below_threshold", "synthesizability_unscored"),
     "target_formula_ok": ("not_target_formula", "not_target_space_group"),
 }
-NOTES = ("formation_energy_not_evaluated", "synthesizability_not_evaluated")
+NOTES = ("formation_energy_not_evaluated", "synthesizability_not_evaluated", "formula_given_by_target")
 RULES: tuple[str, ...] = tuple(REASONS)
 FUNNEL_STAGES: tuple[tuple[str, str | None], ...] = (
     ("sampled", None),
@@ -82,7 +94,10 @@ FUNNEL_STAGES: tuple[tuple[str, str | None], ...] = (
     ("target_formula", "target_formula_ok"),
     ("passed", "passed"),
 )
-_ADDED = (*RULES, "passed", "reasons", "notes", "atoms_per_cell", "total_dof", "synthesizability")
+_ADDED = (*RULES, "passed", "reasons", "notes", "atoms_per_cell", "atoms_per_primitive_cell", "total_dof",
+          "synthesizability")
+SizeCell = Literal["primitive", "conventional"]
+SIZE_CELLS = get_args(SizeCell)
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,7 @@ class FilterConfig:
     elements: tuple[str, ...] | None = None  # None: the campaign's list, or no restriction
     n_elements: int | None = 3  # distinct elements a gene must have; None: any
     max_atoms_per_cell: int | None = 50  # None: no limit
+    size_cell: SizeCell = "primitive"  # which cell max_atoms_per_cell counts
     max_total_dof: int | None = 5  # None: no limit
     max_predicted_formation_energy: float | None = 0.0  # eV/atom
     min_synthesizability: float | None = 0.5
@@ -170,6 +186,8 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
     ``wyckoff``) and returning one score per row (NaN = could not score).
     """
     config = config or FilterConfig()
+    if config.size_cell not in SIZE_CELLS:
+        raise ValueError(f"size_cell must be one of {SIZE_CELLS}, got {config.size_cell!r}")
     missing = [c for c in ("formula", "space_group", "wyckoff") if c not in sampled.columns]
     if missing:
         raise ValueError(f"sampled genes lack column(s) {missing}")
@@ -187,6 +205,12 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
             smact_cache[f] = smact_verdict(f, oxidation_states_set=config.smact_oxidation_states_set,
                                            include_alloys=config.smact_include_alloys) if f else "formula_unparseable"
         formula_reason.append(smact_cache[f])
+    # a LOO target's own formula is given, not generated: SMACT does not judge it (noted)
+    formula_given = [False] * n
+    if target is not None and target.is_loo and target.reduced_formula:
+        for i, f in enumerate(formulas):
+            if formula_reason[i] is not None and _reduced_or_none(f) == target.reduced_formula:
+                formula_reason[i], formula_given[i] = None, True
 
     # --- Wyckoff validity, size, key, elements: once per distinct gene text
     given_keys = df["gene_key"].cast(pl.String).to_list() if "gene_key" in df.columns else [None] * n
@@ -199,6 +223,9 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
         checks.append(gene_cache[k])
     wyckoff_reason = [c[0] for c in checks]
     atoms = pl.Series("atoms_per_cell", [c[1] for c in checks], dtype=pl.Int64)
+    primitive_atoms = pl.Series("atoms_per_primitive_cell", [
+        None if c[1] is None else c[1] // centring_multiplicity(int(sg)) for c, sg in zip(checks, sgs)],
+        dtype=pl.Int64)
     dof = pl.Series("total_dof", [c[2] for c in checks], dtype=pl.Int64)
     # the given key (ml.sampling computes it with ml.genes.gene_key), else computed; an invalid
     # gene without one gets its raw text as key (as ml.sampling does)
@@ -230,9 +257,11 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
 
     df = df.with_columns(
         pl.Series("_formula_reason", formula_reason, dtype=pl.String),
+        pl.Series("_given", formula_given, dtype=pl.Boolean),
         pl.Series("_wyckoff_reason", wyckoff_reason, dtype=pl.String),
         keys.alias("gene_key"),
         atoms,
+        primitive_atoms,
         dof,
         pl.Series("_elements_ok", elements_ok, dtype=pl.Boolean),
         pl.Series("_error", [None if c[5] is None else f"wyckoff_error: {c[5]}" for c in checks], dtype=pl.String),
@@ -242,6 +271,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
 
     # --- vectorized verdicts
     max_atoms, max_dof = config.max_atoms_per_cell, config.max_total_dof
+    size_column = "atoms_per_primitive_cell" if config.size_cell == "primitive" else "atoms_per_cell"
     if config.max_predicted_formation_energy is None or "predicted_formation_energy" not in df.columns:
         energy_ok, energy_reason = pl.lit(True), pl.lit(None, pl.String)
         energy_note = pl.lit("formation_energy_not_evaluated")
@@ -276,7 +306,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
         target_ok, target_reason = pl.lit(True), pl.lit(None, pl.String)
 
     size_known = pl.col("atoms_per_cell").is_not_null()
-    atoms_ok = pl.lit(True) if max_atoms is None else pl.col("atoms_per_cell") <= max_atoms
+    atoms_ok = pl.lit(True) if max_atoms is None else pl.col(size_column) <= max_atoms
     dof_ok = pl.lit(True) if max_dof is None else pl.col("total_dof") <= max_dof
     df = df.with_columns(
         pl.col("_formula_reason").is_null().alias("formula_ok"),
@@ -303,7 +333,8 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
             synth_reason,
             target_reason,
         ).list.drop_nulls().alias("reasons"),
-        pl.concat_list(energy_note, synth_note, pl.col("_error")).list.drop_nulls().alias("notes"),
+        pl.concat_list(energy_note, synth_note, pl.when(pl.col("_given")).then(pl.lit("formula_given_by_target")),
+                       pl.col("_error")).list.drop_nulls().alias("notes"),
     )
     df = df.with_columns(pl.all_horizontal(*RULES).alias("passed"))
     return df.sort("_row").drop([c for c in df.columns if c.startswith("_")])
@@ -408,11 +439,12 @@ def task_filter_config(target: Target, *, elements=None, max_atoms_per_cell: int
 
 
 def selection_text(config: FilterConfig) -> str:
-    """The size rule in words, e.g. ``atoms per cell <= 50, total DoF <= no limit``."""
+    """The size rule in words, e.g. ``atoms per primitive cell <= 50, total DoF <= no limit``."""
     def limit(v):
         return "no limit" if v is None else v
 
-    return f"atoms per cell <= {limit(config.max_atoms_per_cell)}, total DoF <= {limit(config.max_total_dof)}"
+    return (f"atoms per {config.size_cell} cell <= {limit(config.max_atoms_per_cell)}, "
+            f"total DoF <= {limit(config.max_total_dof)}")
 
 
 def held_out_summary(filtered: pl.DataFrame, gene_keys) -> dict:

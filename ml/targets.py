@@ -5,7 +5,9 @@ Each entry needs ``partition`` (the Dagster partition key, e.g. ``CaTiO3-62``), 
 (``ground_state`` | ``polymorph`` | ``campaign``) and ``formula`` (LOO tasks) or ``elements``
 (campaigns). Optional: ``space_group``, ``wyckoff``, ``equivalent_wyckoff``, lattices
 (``lattice_experimental`` preferred, else ``lattice_published_dft``; a ``_rhombohedral`` suffix
-marks a rhombohedral primitive cell), ``selection``. Unknown keys are kept but ignored.
+marks a rhombohedral primitive cell), ``selection``, ``model_group`` (targets sharing one name
+share one PVAE trained with all of them left out: :mod:`ml.model_groups`). Unknown keys are kept
+but ignored.
 
 An entry that cannot be used (unknown element, impossible Wyckoff configuration, missing field)
 is not dropped: it lands in ``Registry.invalid`` with its reason.
@@ -36,6 +38,7 @@ class Target:
     equivalent_wyckoff: tuple = ()
     elements: tuple[str, ...] = ()
     selection: dict = field(default_factory=dict)
+    model_group: str | None = None  # leave-group-out: one PVAE for every target of the group
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -106,6 +109,9 @@ def parse_target(entry: dict) -> Target:
             raise TargetError(f"unknown element(s) {bad}")
         return Target(partition, task, elements=tuple(sorted(set(elements))),
                       selection=dict(entry.get("selection") or {}), raw=entry)
+    model_group = entry.get("model_group")
+    if model_group is not None and (not isinstance(model_group, str) or not model_group.strip()):
+        raise TargetError(f"'model_group' must be a non-empty string, got {model_group!r}")
     formula = entry.get("formula")
     if not formula:
         raise TargetError("a leave-one-out target needs 'formula'")
@@ -127,7 +133,8 @@ def parse_target(entry: dict) -> Target:
             except GeneError as exc:
                 raise TargetError(f"impossible Wyckoff configuration {json.dumps(w)}: {exc}") from exc
     return Target(partition, task, formula=formula, space_group=int(sg) if sg else None, wyckoff=wyckoff,
-                  equivalent_wyckoff=equivalents, elements=(), selection=dict(entry.get("selection") or {}), raw=entry)
+                  equivalent_wyckoff=equivalents, elements=(), selection=dict(entry.get("selection") or {}),
+                  model_group=model_group, raw=entry)
 
 
 def load_registry(path: str | Path) -> Registry:

@@ -131,6 +131,22 @@ def _build_table(n: int) -> SpaceGroupTable:
     return SpaceGroupTable(n, str(group.symbol), sites, tuple(alternatives))
 
 
+# Lattice points per conventional cell, by the centring letter of the Hermann-Mauguin symbol
+# (ITA Table 1.2.1): P primitive; A, B, C one-face centred; I body centred; F all-face centred;
+# R rhombohedral in hexagonal axes (PyXtal's and spglib's standard setting for R groups).
+CENTRING_MULTIPLICITY = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3}
+
+
+def centring_multiplicity(number: int) -> int:
+    """Lattice points per conventional cell of a space group (1 for P, 2 for A/B/C/I, 4 for F,
+    3 for R in hexagonal axes): conventional atoms / this = atoms in the primitive cell."""
+    symbol = space_group_table(number).symbol
+    try:
+        return CENTRING_MULTIPLICITY[symbol[0]]
+    except KeyError:
+        raise ValueError(f"space group {number}: no centring letter in {symbol!r}") from None
+
+
 @functools.lru_cache(maxsize=4096)
 def parse_site_label(label: str) -> tuple[int, str]:
     """'8d' -> (8, 'd'). Raises ValueError for anything else."""

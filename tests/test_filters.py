@@ -90,6 +90,25 @@ def test_formula_rule_follows_smact():
     assert out["reasons"][0].to_list() == [] and out["passed"][0]
 
 
+def test_a_loo_targets_own_formula_is_not_judged_by_smact(materials):
+    """LuOsB2 (mp-1189270, Pnma, MP E_hull 0) exists but fails SMACT's electronegativity test: in
+    its own LOO partition the formula is the task's input, so its genes pass the formula rule
+    (noted); any other formula, and the same formula outside a LOO partition, are still judged."""
+    row = materials.filter(pl.col("material_id") == "mp-1189270").row(0, named=True)
+    gene, _ = gene_row(row["material_id"], row["cif"])
+    assert gene["formula"] == "LuB2Os" and not smact_validity("LuB2Os")  # the independent expectation
+    loo = parse_target({"partition": "LuB2Os-62", "task": "ground_state", "formula": "LuB2Os",
+                        "space_group": 62, "wyckoff": json.loads(gene["wyckoff"])})
+    table = genes(("LuB2Os", 62, json.loads(gene["wyckoff"])), ("NaCl3", 221, {"Na": ["1a"], "Cl": ["3c"]}))
+    out = run(table, target=loo)
+    assert out["formula_ok"].to_list() == [True, False]
+    assert "formula_given_by_target" in out["notes"][0].to_list()
+    assert "formula_given_by_target" not in out["notes"][1].to_list()
+    assert not {"smact_electronegativity", "smact_charge_neutrality"} & set(out["reasons"][0].to_list())
+    assert run(table)["formula_ok"].to_list() == [False, False]  # no target: SMACT judges
+    assert "smact_electronegativity" in run(table)["reasons"][0]
+
+
 def test_wyckoff_rule_rejects_a_doubly_occupied_fixed_site():
     table = genes(("SrTiO3", 221, SRTIO3), ("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1a"], "O": ["3d"]}),
                   ("SrTiO3", 221, {"Sr": ["1a"], "Ti": ["1b"], "O": ["6e"]}), ("", 221, {"Sr": ["1a"]}))
@@ -172,13 +191,44 @@ def test_size_rule_atoms_and_dof():
                   ("CaTiO3", 62, {"Ca": ["4c"], "Ti": ["4b"], "O": ["4c", "8d"]}))  # 20 atoms, DoF 7
     out = run(table)
     assert out["atoms_per_cell"].to_list() == [5, 56, 20]
+    assert out["atoms_per_primitive_cell"].to_list() == [5, 14, 20]  # Fd-3m: 4 lattice points
     assert out["total_dof"].to_list() == [0, 1, 7]
-    assert out["size_ok"].to_list() == [True, False, False]
-    assert out["reasons"][1].to_list() == ["too_many_atoms"]
+    # the default counts the primitive cell (what is relaxed): the spinel passes at 50
+    assert out["size_ok"].to_list() == [True, True, False]
     assert out["reasons"][2].to_list() == ["too_many_dof"]
+    conventional = run(table, config=FilterConfig(size_cell="conventional", max_predicted_formation_energy=None,
+                                                  min_synthesizability=None))
+    assert conventional["size_ok"].to_list() == [True, False, False]
+    assert conventional["reasons"][1].to_list() == ["too_many_atoms"]
     loose = FilterConfig(max_atoms_per_cell=60, max_total_dof=7, max_predicted_formation_energy=None,
                          min_synthesizability=None)
     assert run(table, config=loose)["size_ok"].to_list() == [True, True, True]
+
+
+def test_size_rule_counts_the_primitive_cell_of_a_centred_gene(materials):
+    """A pyrochlore A2B2O7 (Fd-3m: A 16d, B 16c, O 48f + 8b) has 88 atoms in the conventional
+    cell and 22 in the primitive one; hand-worked, and checked on a snapshot pyrochlore's CIF
+    against pymatgen's primitive standard cell."""
+    from pymatgen.core import Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    pyrochlore = {"Nd": ["16d"], "Pt": ["16c"], "O": ["8b", "48f"]}
+    table = genes(("Nd2Pt2O7", 227, pyrochlore))
+    out = run(table, config=FilterConfig(max_atoms_per_cell=50, max_total_dof=5, max_predicted_formation_energy=None,
+                                         min_synthesizability=None))
+    assert out["atoms_per_cell"][0] == 88 and out["atoms_per_primitive_cell"][0] == 22
+    assert out["size_ok"][0] and out["passed"][0]
+    too_strict = FilterConfig(max_atoms_per_cell=50, size_cell="conventional", max_predicted_formation_energy=None,
+                              min_synthesizability=None)
+    assert run(table, config=too_strict)["reasons"][0].to_list() == ["too_many_atoms"]
+    row = materials.filter(pl.col("material_id") == "mp-9765").row(0, named=True)  # Nd2Pt2O7, Fd-3m
+    gene, _ = gene_row(row["material_id"], row["cif"])
+    assert gene["gene_key"] == gene_key("Nd2Pt2O7", 227, pyrochlore)  # an equivalent configuration
+    sga = SpacegroupAnalyzer(Structure.from_str(row["cif"], fmt="cif"), symprec=0.1)
+    assert len(sga.get_conventional_standard_structure()) == 88
+    assert len(sga.get_primitive_standard_structure()) == 22 == row["nsites"]
+    with pytest.raises(ValueError, match="size_cell"):
+        run(table, config=FilterConfig(size_cell="supercell"))
 
 
 def test_energy_rule_threshold_missing_and_not_evaluated():

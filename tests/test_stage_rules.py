@@ -47,7 +47,9 @@ def test_no_dof_limit_lets_a_dof_7_gene_pass_and_a_limit_stops_it():
     capped = task_filter_config(target, max_total_dof=5, min_synthesizability=None)
     out = apply_filters(df, known_gene_keys=set(), target=target, config=capped)
     assert not out["size_ok"][0] and "too_many_dof" in out["reasons"][0]
-    assert selection_text(free) == "atoms per cell <= 50, total DoF <= no limit"
+    assert selection_text(free) == "atoms per primitive cell <= 50, total DoF <= no limit"
+    conventional = task_filter_config(target, max_total_dof=5, size_cell="conventional")
+    assert selection_text(conventional) == "atoms per conventional cell <= 50, total DoF <= 5"
 
 
 def test_ranking_choice_and_held_out_summary():
@@ -184,6 +186,26 @@ def test_loo_verdict_recovered_and_why_not(tmp_path):
     assert not row["recovered"] and row["why_not"] == "lattice off (mlip)"
     row = loo_verdict(target, filtered.filter(pl.col("gene_key") != key), best(3.93))
     assert row["why_not"].startswith("not sampled; filtered out")
+
+
+def test_trial_origin_rides_from_the_trial_to_the_report(tmp_path):
+    """A prototype-seeded trial's ``origin`` is kept by dft.pipeline.relaxed_rows and reported as
+    the held-out gene's ``best_trial_origin`` by dft.loo.loo_verdict."""
+    from dft.loo import loo_verdict
+    from dft.pipeline import relax_tasks, relaxed_rows
+
+    target = parse_target(SRTIO3)
+    key = gene_key("SrTiO3", 221, SRTIO3["wyckoff"])
+    cif = _write(tmp_path, "p", Structure(Lattice.cubic(3.91), ["Sr", "Ti", "O", "O", "O"], SITES))
+    trial = {"cif_path": cif, "gene_key": key, "trial": 2, "formula": "SrTiO3", "space_group": 221,
+             "wyckoff": key, "origin": "prototype:mp-4651"}
+    tasks, trial_of = relax_tasks([trial], tmp_path, relaxer="chgnet", fmax=0.05, max_steps=10)
+    rows = relaxed_rows({k: {"verdict": "converged", "relaxed_cif": cif} for k in tasks}, trial_of, "chgnet")
+    assert [(r["origin"], r["trial"], r["verdict"]) for r in rows] == [("prototype:mp-4651", 2, "converged")]
+    best = pl.DataFrame([_row(key, cif, 0.0, -8.0, verdict="converged", symmetry_kept=True, sg_after=221,
+                              origin=rows[0]["origin"])])
+    row = loo_verdict(target, pl.DataFrame({"gene_key": [key], "passed": [True]}), best)
+    assert row["recovered"] and row["best_trial_origin"] == "prototype:mp-4651"
 
 
 def test_ground_state_rank_counts_distinct_crystals(tmp_path):

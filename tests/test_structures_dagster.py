@@ -106,9 +106,19 @@ def test_trials_are_built_and_an_impossible_gene_is_a_verdict(structure_run):
     assert structure_run["trials"].success
     trials = _table(structure_run["home"], "SELECT * FROM trial_structures WHERE target = ?")
     held = trials.filter(pl.col("gene_key") == gene_key("CsPbI3", 221, HELD_OUT))
-    assert held.height == 1 and held["verdict"][0] == "ok"  # DoF 0 -> one trial
-    s = Structure.from_file(held["cif_path"][0])
-    assert s.composition.reduced_formula == "CsPbI3" and len(s) == 5 and held["min_distance"][0] > 0.5
+    random = held.filter(pl.col("origin") == "random")
+    assert random.height == 1 and random["verdict"][0] == "ok"  # DoF 0 -> one trial
+    s = Structure.from_file(random["cif_path"][0])
+    assert s.composition.reduced_formula == "CsPbI3" and len(s) == 5 and random["min_distance"][0] > 0.5
+    # prototype-seeded trials: other Pm-3m ABX3 perovskites of the snapshot, re-elemented; never
+    # the held-out cubic CsPbI3 itself (mp-1069538)
+    proto = held.filter(pl.col("origin") != "random")
+    assert 1 <= proto.height <= 2 and (proto["verdict"] == "ok").all()
+    assert all(o.startswith("prototype:mp-") and o != "prototype:mp-1069538" for o in proto["origin"])
+    assert proto["trial"].to_list() == list(range(1, 1 + proto.height))
+    for path in proto["cif_path"]:
+        p = Structure.from_file(path)
+        assert p.composition.reduced_formula == "CsPbI3" and len(p) == 5
     bad = trials.filter(pl.col("gene_key") == "CsPbI3|221|impossible")
     assert bad.height == 1 and bad["verdict"][0] == "invalid_gene" and bad["reason"][0]
 
@@ -116,8 +126,10 @@ def test_trials_are_built_and_an_impossible_gene_is_a_verdict(structure_run):
 def test_relaxation_keeps_the_space_group_and_scores_energies(structure_run, materials):
     assert structure_run["relaxed"].success
     rows = _table(structure_run["home"], "SELECT * FROM relaxed_structures WHERE target = ?")
-    assert rows.height == 1  # only the buildable trial is relaxed
-    r = rows.row(0, named=True)
+    built = _table(structure_run["home"], "SELECT * FROM trial_structures WHERE target = ? AND verdict = 'ok'")
+    assert rows.height == built.height  # only the buildable trials are relaxed: random + prototypes
+    assert sorted(rows["origin"].to_list()) == sorted(built["origin"].to_list())
+    r = rows.filter(pl.col("best_trial")).row(0, named=True)
     assert r["verdict"] == "converged" and r["sg_before"] == 221 and r["sg_after"] == 221 and r["symmetry_kept"]
     assert r["best_trial"] and r["relaxer"] == "chgnet"
     # independent: E_f from the corrected energy and MP's references for Cs, Pb, I
@@ -158,7 +170,8 @@ def test_relaxation_keeps_the_space_group_and_scores_energies(structure_run, mat
     again = structure_run["relaxed_again"]
     assert again.success
     rows2 = _table(structure_run["home"], "SELECT * FROM relaxed_structures WHERE target = ?")
-    assert rows2.height == 1 and rows2["energy"][0] == pytest.approx(r["energy"])  # idempotent, resumed
+    assert rows2.height == rows.height  # idempotent, resumed
+    assert rows2.filter(pl.col("best_trial"))["energy"][0] == pytest.approx(r["energy"])
 
 
 def test_phonons_run_on_the_relaxed_cell(structure_run):
@@ -183,7 +196,7 @@ def test_loo_report_compares_the_lattice_with_the_registry(structure_run):
     assert structure_run["report"].success
     rep = _table(structure_run["home"], "SELECT * FROM loo_report WHERE target = ?").row(0, named=True)
     assert rep["sampled"] and rep["passed"] and rep["relaxed"] and rep["sg_kept"]
-    relaxed = _table(structure_run["home"], "SELECT relaxed_cif FROM relaxed_structures WHERE target = ?")
+    relaxed = _table(structure_run["home"], "SELECT relaxed_cif FROM relaxed_structures WHERE target = ? AND best_trial")
     a = Structure.from_file(relaxed["relaxed_cif"][0]).lattice.a  # cubic: the cell is the conventional cell
     assert rep["lattice_max_error"] == pytest.approx(abs(a - 6.36) / 6.36, abs=1e-3)
     assert rep["lattice_within_tolerance"] == (abs(a - 6.36) / 6.36 <= 0.03)

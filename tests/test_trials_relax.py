@@ -71,6 +71,11 @@ def test_dof_gene_gives_dof_plus_one_reproducible_trials():
     rebuilt = build_trial(*CATIO3_PNMA, seed=first[3].seed, trial=3)
     assert _same_structure(rebuilt.structure, first[3].structure)
     assert len(generate_trials(*CATIO3_PNMA, seed=42, n=2)) == 2
+    # a trial budget keeps the first trials of the uncapped run (their relaxations are reused)
+    capped = generate_trials(*CATIO3_PNMA, seed=42, max_trials=3)
+    assert [t.seed for t in capped] == [t.seed for t in first[:3]]
+    assert all(_same_structure(a.structure, b.structure) for a, b in zip(capped, first))
+    assert len(generate_trials(*CATIO3_PNMA, seed=42, max_trials=100)) == dof + 1
 
 
 @pytest.mark.parametrize(

@@ -41,3 +41,23 @@ def test_matrices_are_consistent_with_tables():
 def test_bad_space_group_number():
     with pytest.raises(ValueError):
         space_group_table(231)
+
+
+def test_centring_multiplicity_matches_spglib_lattice_translations():
+    """Lattice points per conventional cell from the Hermann-Mauguin letter, checked for all 230
+    groups against spglib's own operations: (operations of the conventional cell) / (distinct
+    rotations) = number of centring translations."""
+    import spglib
+
+    from ml.wyckoff import centring_multiplicity
+
+    first_hall = {}
+    for hall in range(1, 531):
+        number = spglib.get_spacegroup_type(hall).number
+        first_hall.setdefault(number, hall)
+    for number in range(1, 231):
+        ops = spglib.get_symmetry_from_database(first_hall[number])
+        rotations = {r.tobytes() for r in ops["rotations"]}
+        assert centring_multiplicity(number) == len(ops["rotations"]) // len(rotations), number
+    assert (centring_multiplicity(221), centring_multiplicity(227), centring_multiplicity(166),
+            centring_multiplicity(139), centring_multiplicity(63)) == (1, 4, 3, 2, 2)

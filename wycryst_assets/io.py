@@ -32,6 +32,11 @@ def model_dir(target: str) -> Path:
     return settings.artifacts_dir() / "pvae_model" / target
 
 
+def model_groups_dir() -> Path:
+    """Where leave-group-out PVAE trainings are cached (ml.model_groups), one folder per group."""
+    return settings.artifacts_dir() / "pvae_model_groups"
+
+
 def write_model_manifest(target: str, manifest: dict) -> Path:
     path = model_dir(target) / "model.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from dagster_duckdb import DuckDBResource
 from ml.pvae_config import MIN_ELEMENT_ACCURACY, MIN_SPACE_GROUP_ACCURACY, PVAEConfig, reconstruction_passed
 from wycryst_assets.assets.genes import wyckoff_genes
 from wycryst_assets.cpu import cpu_budget, threads_in_use
-from wycryst_assets.io import model_dir, write_model_manifest
+from wycryst_assets.io import model_dir, model_groups_dir, write_model_manifest
 from wycryst_assets.partitions import current_registry, targets_partitions
 from wycryst_assets.versions import source_version
 from wycryst_assets.warehouse import read_table
@@ -58,13 +58,14 @@ class PVAEModelConfig(dg.Config):
 )
 def pvae_model(context: dg.AssetExecutionContext, config: PVAEModelConfig, warehouse: DuckDBResource,
                training_device: TrainingDevice):
+    from ml.model_groups import group_fields, group_text, train_target_model
     from ml.origins import origin_genes
     from ml.targets import TargetError, loo_excluded_ids
-    from ml.training import train_pvae
 
     key = context.partition_key
     try:
-        target = current_registry().get(key)
+        registry = current_registry()
+        target = registry.get(key)
     except TargetError as exc:
         raise dg.Failure(str(exc)) from exc
     with warehouse.get_connection() as conn:
@@ -72,25 +73,26 @@ def pvae_model(context: dg.AssetExecutionContext, config: PVAEModelConfig, wareh
     if genes.is_empty():
         raise dg.Failure("no ternary genes in wyckoff_genes: materialize it first")
     excluded = loo_excluded_ids(genes, target)
-    train = genes.filter(~genes["material_id"].is_in(excluded))
-    context.log.info(f"{key} ({target.task}): leaving out {len(excluded)} material(s) {excluded}; "
-                     f"{train.height} ternary genes remain")
+    context.log.info(f"{key} ({target.task}): leaving out {len(excluded)} material(s) {excluded}"
+                     + (f"; model group {target.model_group!r}" if target.model_group else ""))
     cfg = PVAEConfig(**config.model_dump())
     start = time.perf_counter()
     with cpu_budget(context, torch_too=True, threads=training_device.torch_threads) as budget:
-        result = train_pvae(train, cfg, model_dir(key), accelerator=training_device.accelerator,
-                            devices=training_device.devices, log=context.log.info)
+        trained = train_target_model(genes, registry, target, cfg, model_dir(key), model_groups_dir(),
+                                     database_version=genes["database_version"][0], log=context.log.info,
+                                     accelerator=training_device.accelerator, devices=training_device.devices)
+        result = trained.result
         threads = {"budget": budget, **threads_in_use(),  # read inside the step, while capped
-                   "torch_during_epochs": max((h["torch_threads"] for h in result.history), default=None)}
-    origins, how = origin_genes(train, target)
+                   "torch_during_epochs": max((h.get("torch_threads") or 0 for h in result.history), default=None)}
+    origins, how = origin_genes(trained.training_genes, target)
     write_model_manifest(key, {"target": key, "task": target.task, "database_version": genes["database_version"][0],
                                "checkpoint": result.checkpoint_path, "config": cfg.to_dict(), "metrics": result.metrics,
-                               "excluded_material_ids": excluded, "n_origins": origins.height, "origins": how})
-    return dg.MaterializeResult(
-        metadata=_metadata(result, origins, how, excluded, genes["database_version"][0], threads,
-                           (time.perf_counter() - start) / 60),
-        check_results=[_quality_check(result.metrics)],
-    )
+                               "excluded_material_ids": excluded, "n_origins": origins.height, "origins": how,
+                               **group_fields(trained)})
+    metadata = _metadata(result, origins, how, excluded, genes["database_version"][0], threads,
+                         (time.perf_counter() - start) / 60)
+    return dg.MaterializeResult(metadata={**metadata, "model_group": group_text(trained)},
+                                check_results=[_quality_check(result.metrics)])
 
 
 def _quality_check(metrics: dict) -> dg.AssetCheckResult:

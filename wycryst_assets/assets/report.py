@@ -23,7 +23,7 @@ REPORT_SCHEMA = {
     "formation_energy_per_atom": pl.Float64, "e_above_hull": pl.Float64, "why_not": pl.String,
     "dft_engine": pl.String, "dft_genes_of_formula": pl.Int32, "dft_ground_state_rank": pl.Int32,
     "dft_relative_energy_per_atom": pl.Float64, "dft_lattice_max_error": pl.Float64, "dft_relaxed_lattice": pl.String,
-    "ground_state_rank_source": pl.String, "lattice_source": pl.String,
+    "ground_state_rank_source": pl.String, "lattice_source": pl.String, "best_trial_origin": pl.String,
 }
 
 

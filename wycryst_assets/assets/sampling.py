@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from ml.filters import SizeCell
 from wycryst_assets import settings
 from wycryst_assets.assets.genes import wyckoff_genes
 from wycryst_assets.assets.pvae import pvae_model
@@ -107,6 +108,7 @@ class FilteredGenesConfig(dg.Config):
     # LOO partitions keep atoms <= 50 and no DoF limit (paper Table S3: the held-out CaTiO3 Pnma
     # gene, total DoF 7, is among the genes it relaxed)
     max_atoms_per_cell: Optional[int] = None
+    size_cell: SizeCell = "primitive"  # the cell max_atoms_per_cell counts: the relaxed (primitive) one
     max_total_dof: Optional[int] = None
     max_predicted_formation_energy: Optional[float] = 0.0  # None: rule off
     # The offline snapshot flags only ICSD-known rows (theoretical=False), so the score is
@@ -174,9 +176,11 @@ def _synthesizability_for(key: str, excluded: list[str], warehouse: DuckDBResour
 )
 def filtered_genes(context: dg.AssetExecutionContext, config: FilteredGenesConfig, warehouse: DuckDBResource):
     from ml.filters import apply_filters, task_filter_config
+    from ml.model_groups import synthesizability_scope
 
     key = context.partition_key
-    target, excluded = current_registry().get(key), load_model_manifest(key)["excluded_material_ids"]
+    target, manifest = current_registry().get(key), load_model_manifest(key)
+    excluded = manifest["excluded_material_ids"]
     with warehouse.get_connection() as conn:
         sampled = read_table(conn, "SELECT * EXCLUDE (target) FROM sampled_genes WHERE target = ?", [key])
         known = read_table(conn, "SELECT gene_key FROM wyckoff_genes WHERE NOT list_contains(?, material_id)",
@@ -184,9 +188,10 @@ def filtered_genes(context: dg.AssetExecutionContext, config: FilteredGenesConfi
     if sampled.is_empty():
         raise dg.Failure(f"no sampled genes for {key}: materialize sampled_genes first")
     fcfg = task_filter_config(target, **config.model_dump())
+    synth_key, synth_excluded = synthesizability_scope(manifest, key)  # a model group shares one classifier
     with cpu_budget(context) as threads:
         out = apply_filters(sampled, known_gene_keys=set(known["gene_key"].to_list()), target=target, config=fcfg,
-                            synthesizability=_synthesizability_for(key, excluded, warehouse, threads))
+                            synthesizability=_synthesizability_for(synth_key, synth_excluded, warehouse, threads))
     out = out.with_columns(pl.lit(key).alias("target"))
     with warehouse.get_connection() as conn:
         replace_partition(conn, "filtered_genes", key, out)

@@ -22,13 +22,14 @@ from wycryst_assets.warehouse import read_table, replace_partition
 
 TRIAL_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
-    "trial": pl.Int32, "seed": pl.Int64, "verdict": pl.String, "reason": pl.String, "min_distance": pl.Float64,
-    "space_group_built": pl.Int32, "n_atoms": pl.Int32, "seconds": pl.Float64, "cif_path": pl.String,
-    "selection": pl.String, "selection_seed": pl.Int64, "selection_rank": pl.Int64,
+    "trial": pl.Int32, "seed": pl.Int64, "origin": pl.String, "verdict": pl.String, "reason": pl.String,
+    "min_distance": pl.Float64, "space_group_built": pl.Int32, "n_atoms": pl.Int32, "seconds": pl.Float64,
+    "cif_path": pl.String, "selection": pl.String, "selection_seed": pl.Int64, "selection_rank": pl.Int64,
 }
 RELAXED_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
-    "trial": pl.Int32, "relaxer": pl.String, "verdict": pl.String, "reason": pl.String, "energy": pl.Float64,
+    "trial": pl.Int32, "origin": pl.String, "relaxer": pl.String, "verdict": pl.String, "reason": pl.String,
+    "energy": pl.Float64,
     "energy_per_atom": pl.Float64, "corrected_energy": pl.Float64, "formation_energy_per_atom": pl.Float64,
     "e_above_hull": pl.Float64, "max_force": pl.Float64, "steps": pl.Int32, "converged": pl.Boolean,
     "sg_before": pl.Int32, "sg_after": pl.Int32, "symmetry_kept": pl.Boolean, "is_novel": pl.Boolean,
@@ -36,6 +37,9 @@ RELAXED_SCHEMA = {
     "seconds": pl.Float64, "cpu_seconds": pl.Float64, "energy_note": pl.String, "relaxed_cif": pl.String,
     "cell": pl.String, "novelty_note": pl.String,
 }
+# snapshot materials of the chosen genes' space groups: the prototypes (dft.prototypes)
+PROTOTYPE_SQL = ("SELECT g.material_id, g.formula, g.space_group, g.wyckoff, m.cif, m.energy_above_hull "
+                 "FROM wyckoff_genes g JOIN materials m USING (material_id) WHERE list_contains(?, g.space_group)")
 PHONON_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
     "trial": pl.Int32, "verdict": pl.String, "min_frequency_thz": pl.Float64, "where_min": pl.String,
@@ -64,6 +68,13 @@ class TrialStructuresConfig(dg.Config):
     seed: int = 0
     max_attempts: int = 10
     min_distance: float = 0.5  # Angstrom, the paper's validity metric
+    # prototype-seeded trials (dft.prototypes): per gene, up to this many snapshot materials of the
+    # same Wyckoff pattern, re-elemented and rescaled, beside the random trials; 0: random only.
+    # The partition's left-out materials are never a prototype.
+    prototypes_per_gene: int = 2
+    # random trials per gene: the paper's total DoF + 1, capped here when > 0 (a trial budget for
+    # low-symmetry genes; the first trials are the same with or without the cap)
+    max_trials_per_gene: int = 0
 
 
 @dg.asset(
@@ -77,7 +88,8 @@ class TrialStructuresConfig(dg.Config):
     "per gene seed; CIFs under artifacts/trial_structures/<target>/, DuckDB `trial_structures`.",
 )
 def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresConfig, warehouse: DuckDBResource):
-    from dft.pipeline import build_gene_trials
+    from dft.pipeline import build_trials
+    from dft.prototypes import PrototypeIndex
     from ml.filters import resolve_ranking
     from ml.selection import rank_for_budget
 
@@ -89,14 +101,18 @@ def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresC
     chosen = rank_for_budget(genes, ranking, budget=config.max_genes, seed=config.selection_seed).head(config.max_genes)
     context.log.info(f"{key}: {genes.height} passed genes, building trials for {chosen.height} (ranked by {ranking}, "
                      f"{chosen['space_group'].n_unique()} space groups)")
-    out_dir, rows = settings.artifacts_dir() / "trial_structures" / key, []
+    out_dir, prototypes = settings.artifacts_dir() / "trial_structures" / key, None
+    if config.prototypes_per_gene > 0:  # the partition's left-out materials are never a prototype
+        with warehouse.get_connection() as conn:
+            prototypes = PrototypeIndex(read_table(conn, PROTOTYPE_SQL, [sorted(set(chosen["space_group"].to_list()))])
+                                        .to_dicts(), exclude_ids=load_model_manifest(key)["excluded_material_ids"])
     with cpu_budget(context):
-        for gene in chosen.iter_rows(named=True):
-            rows += [dict(r, target=key, selection=ranking, selection_seed=config.selection_seed,
-                          selection_rank=gene["selection_rank"]) for r in build_gene_trials(
-                gene, seed=config.seed, out_dir=out_dir, max_attempts=config.max_attempts,
-                min_distance=config.min_distance)]
-    df = frame(rows, TRIAL_SCHEMA)
+        rows = build_trials(chosen.iter_rows(named=True), seed=config.seed, out_dir=out_dir,
+                            max_attempts=config.max_attempts, min_distance=config.min_distance,
+                            max_trials=config.max_trials_per_gene, prototypes=prototypes,
+                            prototypes_per_gene=config.prototypes_per_gene, log=context.log.info)
+    df = frame([dict(r, target=key, selection=ranking, selection_seed=config.selection_seed) for r in rows],
+               TRIAL_SCHEMA)
     with warehouse.get_connection() as conn:
         replace_partition(conn, "trial_structures", key, df)
     ok = df.filter(pl.col("verdict") == "ok")
@@ -106,6 +122,7 @@ def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresC
         "genes_not_built": dg.MetadataValue.int(chosen.height - ok["gene_key"].n_unique()),
         "trials": dg.MetadataValue.int(df.height),
         "trials_ok": dg.MetadataValue.int(ok.height),
+        "prototype_trials_ok": dg.MetadataValue.int(ok.filter(pl.col("origin") != "random").height),
         "verdicts": dg.MetadataValue.md(markdown_table(verdict_counts(df))),
         "seconds_per_trial": dg.MetadataValue.float(round(float(df["seconds"].mean() or 0.0), 4)),
         "min_distance_min": dg.MetadataValue.float(float(ok["min_distance"].min() or 0.0)),
