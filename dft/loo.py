@@ -95,7 +95,7 @@ def _judge(row: dict, target, keys, best: pl.DataFrame, fast: dict, rescored: pl
             why = (f"held-out gene not rescored ({held['status'][0]}: {held['rescore_note'][0]})" if held.height
                    else "held-out gene not in rescored_structures")
             row["decider_model"] = ",".join(sorted(set(rescored["rescorer"].drop_nulls().to_list())))
-        row.update(ground_state_rank=by_fast["rank"], ground_state_rank_source=f"{fast['relaxer']} (fast)",
+        row.update(ground_state_rank=by_fast["rank"], ground_state_rank_source=fast["relaxer"],
                    ground_state_rank_note=f"fast model's rank: {why}")
 
 

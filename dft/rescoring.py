@@ -18,6 +18,8 @@ No Dagster here; the asset ``rescored_structures`` reads, calls these, writes.
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 
 from dft.model_choice import NO_RESCORER
@@ -113,7 +115,9 @@ def rescored_rows(best: pl.DataFrame, decided: list[dict], skipped: list[tuple[d
         elif d is None:
             row.update(status="not_selected", rescore_note=why_skipped.get(g, "not rescored"))
         elif d.get("verdict") in USABLE_VERDICTS and d.get("formation_energy_per_atom") is not None:
+            lattice = d.get("lattice")  # a dict from the relaxation; JSON text in the tables, as relaxed_structures'
             row.update({k: d.get(k) for k in RELAX_COLUMNS}, energy_model=rescorer, relaxer=rescorer, status="rescored",
+                       lattice=lattice if lattice is None or isinstance(lattice, str) else json.dumps(lattice),
                        rescore_verdict=d.get("verdict"),
                        symmetry_kept=bool(d.get("symmetry_kept")) and bool(fast.get("symmetry_kept")),
                        rescore_note="" if d.get("verdict") == "converged" else f"decider not converged: {d.get('reason')}")

@@ -2,6 +2,8 @@
 real structures: which genes the decider re-relaxes, one row per gene that names the model of its
 energies, and ground-state ranks with margins by either model."""
 
+import json
+
 import polars as pl
 import pytest
 from pymatgen.core import Lattice, Structure
@@ -67,7 +69,7 @@ def test_rescored_rows_keep_both_models_and_never_mix_them_unnamed():
     decided = [
         {"gene_key": "a", "verdict": "converged", "relaxer": "sevennet-0", "energy_per_atom": -8.1,
          "formation_energy_per_atom": -3.1, "e_above_hull": -0.02, "relaxed_cif": "a_7net.cif", "symmetry_kept": True,
-         "sg_after": 221},
+         "sg_after": 221, "lattice": {"a": 3.91, "b": 3.91, "c": 3.91, "alpha": 90.0, "beta": 90.0, "gamma": 90.0}},
         {"gene_key": "b", "verdict": "exploded", "reason": "volume outside [1/3, 3]", "relaxer": "sevennet-0",
          "energy_per_atom": None, "formation_energy_per_atom": None, "e_above_hull": None, "relaxed_cif": None},
     ]
@@ -78,6 +80,7 @@ def test_rescored_rows_keep_both_models_and_never_mix_them_unnamed():
     assert (a["e_above_hull"], a["relaxed_cif"], a["fast_e_above_hull"], a["fast_relaxed_cif"]) == (
         -0.02, "a_7net.cif", 0.05, "a_fast.cif")
     assert a["fast_relaxer"] == "chgnet" and a["fast_formation_energy_per_atom"] == -3.0 and a["symmetry_kept"]
+    assert json.loads(a["lattice"])["a"] == 3.91 and a["fast_lattice"] == "{}"  # JSON text, as relaxed_structures
     assert (b["status"], b["energy_model"], b["rescore_verdict"]) == ("rescore_failed", "chgnet", "exploded")
     assert b["e_above_hull"] == 0.1 and "volume outside" in b["rescore_note"] and "fast model's numbers" in b["rescore_note"]
     assert (c["status"], c["energy_model"]) == ("not_selected", "chgnet") and "0.4 > 0.2" in c["rescore_note"]
@@ -147,11 +150,11 @@ def test_loo_ranks_by_both_models_and_the_decider_decides(tmp_path):
     assert row["formation_energy_per_atom"] == -3.52 and row["fast_formation_energy_per_atom"] == -3.49
     # the held-out gene outside the decider's window: the fast model's rank, said so
     row = loo_verdict(target, filtered, fast, None, _rescored(fast, fast, status="not_selected"))
-    assert row["ground_state_rank"] == 2 and row["ground_state_rank_source"] == "chgnet (fast)"
+    assert row["ground_state_rank"] == 2 and row["ground_state_rank_source"] == "chgnet"
     assert "held-out gene not rescored (not_selected" in row["ground_state_rank_note"]
     assert row.get("ground_state_rank_decider") is None and row["ground_state_rank_fast"] == 2
     row = loo_verdict(target, filtered, fast, None, None)
-    assert row["ground_state_rank_source"] == "chgnet (fast)" and "no rescored_structures" in row["ground_state_rank_note"]
+    assert row["ground_state_rank_source"] == "chgnet" and "no rescored_structures" in row["ground_state_rank_note"]
 
 
 def test_phonon_tasks_use_the_phonon_model_and_relax_first_when_it_differs(tmp_path):
