@@ -98,7 +98,8 @@ def rescored_rows(best: pl.DataFrame, decided: list[dict], skipped: list[tuple[d
     scored relaxation rows (``dft.pipeline.score_relaxations`` output, ``gene_key`` each),
     ``skipped`` the genes not re-relaxed with the reason. Columns: the fast row's gene columns,
     the energy columns of the model in ``energy_model``, ``fast_*`` (:data:`FAST_COLUMNS`),
-    ``rescorer``, ``status`` and ``rescore_note``; the decider's own verdict/reason stay in
+    ``rescorer``, ``status``, ``rescore_note`` and ``rescore_cpu_seconds`` (the decider's cost, also
+    when it failed); the decider's own verdict/reason stay in
     ``rescore_verdict``/``rescore_reason`` when its numbers could not be used.
     ``symmetry_kept`` is the whole cascade's: the gene's space group kept by the fast relaxation
     and by the decider's."""
@@ -110,6 +111,7 @@ def rescored_rows(best: pl.DataFrame, decided: list[dict], skipped: list[tuple[d
         row = {**fast, **_fast_part(fast), "rescorer": rescorer, "energy_model": fast.get("relaxer"),
                "best_trial": True, "rescore_verdict": None, "rescore_reason": None}
         d = by_gene.get(g)
+        row["rescore_cpu_seconds"] = None if d is None else d.get("cpu_seconds")  # the cascade's extra cost
         if rescorer == NO_RESCORER:
             row.update(status="passthrough", rescore_note="rescorer none: the fast model's numbers")
         elif d is None:

@@ -69,7 +69,7 @@ def test_rescored_rows_keep_both_models_and_never_mix_them_unnamed():
     decided = [
         {"gene_key": "a", "verdict": "converged", "relaxer": "sevennet-0", "energy_per_atom": -8.1,
          "formation_energy_per_atom": -3.1, "e_above_hull": -0.02, "relaxed_cif": "a_7net.cif", "symmetry_kept": True,
-         "sg_after": 221, "lattice": {"a": 3.91, "b": 3.91, "c": 3.91, "alpha": 90.0, "beta": 90.0, "gamma": 90.0}},
+         "sg_after": 221, "cpu_seconds": 4.0, "lattice": {"a": 3.91, "b": 3.91, "c": 3.91, "alpha": 90.0, "beta": 90.0, "gamma": 90.0}},
         {"gene_key": "b", "verdict": "exploded", "reason": "volume outside [1/3, 3]", "relaxer": "sevennet-0",
          "energy_per_atom": None, "formation_energy_per_atom": None, "e_above_hull": None, "relaxed_cif": None},
     ]
@@ -80,6 +80,7 @@ def test_rescored_rows_keep_both_models_and_never_mix_them_unnamed():
     assert (a["e_above_hull"], a["relaxed_cif"], a["fast_e_above_hull"], a["fast_relaxed_cif"]) == (
         -0.02, "a_7net.cif", 0.05, "a_fast.cif")
     assert a["fast_relaxer"] == "chgnet" and a["fast_formation_energy_per_atom"] == -3.0 and a["symmetry_kept"]
+    assert (a["rescore_cpu_seconds"], b["rescore_cpu_seconds"], c["rescore_cpu_seconds"]) == (4.0, None, None)
     assert json.loads(a["lattice"])["a"] == 3.91 and a["fast_lattice"] == "{}"  # JSON text, as relaxed_structures
     assert (b["status"], b["energy_model"], b["rescore_verdict"]) == ("rescore_failed", "chgnet", "exploded")
     assert b["e_above_hull"] == 0.1 and "volume outside" in b["rescore_note"] and "fast model's numbers" in b["rescore_note"]

@@ -23,7 +23,7 @@ from wycryst_assets.warehouse import read_table, replace_partition
 
 RESCORED_SCHEMA = {
     **RELAXED_SCHEMA, "energy_model": pl.String, "rescorer": pl.String, "status": pl.String, "rescore_note": pl.String,
-    "rescore_verdict": pl.String, "rescore_reason": pl.String, "fast_relaxer": pl.String, "fast_trial": pl.Int32,
+    "rescore_verdict": pl.String, "rescore_reason": pl.String, "rescore_cpu_seconds": pl.Float64, "fast_relaxer": pl.String, "fast_trial": pl.Int32,
     "fast_energy_per_atom": pl.Float64, "fast_formation_energy_per_atom": pl.Float64,
     "fast_e_above_hull": pl.Float64, "fast_sg_after": pl.Int32, "fast_symmetry_kept": pl.Boolean,
     "fast_verdict": pl.String, "fast_relaxed_cif": pl.String, "fast_lattice": pl.String,
@@ -105,7 +105,7 @@ def _metadata(df: pl.DataFrame, rescorer: str) -> dict:
         "decided_by": decided_models(df),
         "status": dg.MetadataValue.md(markdown_table(df.group_by("status").len().sort("status").to_dicts())),
         "mean_abs_ef_shift_mev": dg.MetadataValue.float(round(float(shift.abs().mean()) * 1000, 1) if done.height else 0.0),
-        "core_seconds_rescoring": dg.MetadataValue.float(round(float(done["cpu_seconds"].sum() or 0.0), 1)),
+        "core_minutes_rescoring": dg.MetadataValue.float(round(float(df["rescore_cpu_seconds"].sum() or 0.0) / 60, 2)),
         "fast_vs_decider": dg.MetadataValue.md(markdown_table(rounded_rows(df.sort("e_above_hull", nulls_last=True).head(
             25).select("formula", "space_group", "status", "energy_model", "e_above_hull", "fast_e_above_hull",
                        "formation_energy_per_atom", "fast_formation_energy_per_atom", "symmetry_kept").to_dicts()))),
