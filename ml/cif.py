@@ -69,12 +69,7 @@ def parse_cif(text: str) -> Cell:
     try:
         params = [_num(block.find_value(k)) for k in _CELL_KEYS]
         table = block.find("_atom_site_", ["type_symbol", "fract_x", "fract_y", "fract_z", "?occupancy"])
-        species, coords = [], []
-        for row in table:
-            if row.has(4) and abs(_num(row[4]) - 1.0) > 1e-6:
-                raise CifError("partial_occupancy", f"{row[0]} occupancy {row[4]}")
-            species.append(row[0])
-            coords.append([_num(row[1]), _num(row[2]), _num(row[3])])
+        species, coords = _atom_sites(table)
     except CifError:
         raise
     except Exception as exc:
@@ -84,10 +79,47 @@ def parse_cif(text: str) -> Cell:
     for symbol in set(species):
         if not Element.is_valid_symbol(symbol):
             raise CifError("unknown_element", symbol)
-    lattice = Lattice.from_parameters(*params)
-    if not np.isfinite(lattice.volume) or lattice.volume <= 1e-3:
+    matrix = np.array(Lattice.from_parameters(*params).matrix)
+    volume = abs(float(np.linalg.det(matrix)))
+    if not np.isfinite(volume) or volume <= 1e-3:
         raise CifError("cif_parse_error", f"degenerate cell {params}")
-    return Cell(np.array(lattice.matrix), np.array(coords, dtype=float), species)
+    return Cell(matrix, coords, species)
+
+
+def _atom_sites(table) -> tuple[list[str], np.ndarray]:
+    """Species and (N, 3) fractional coordinates of an ``_atom_site_`` table; a row with an
+    occupancy other than 1 is a :class:`CifError` ``partial_occupancy``.
+
+    Whole columns are converted at once (numpy parses numbers as ``float`` does); a table with
+    any number ``float`` cannot read (an uncertainty, 5.4321(3), or a malformed value) is read
+    row by row instead, so which row's problem is reported, and as what, does not depend on
+    the fast path.
+    """
+    if len(table) == 0:  # no loop, or one missing a required column
+        return [], np.zeros((0, 3))
+    species = list(table.column(0))
+    has_occupancy = table.has_column(4)
+    try:
+        coords = np.array([list(table.column(k)) for k in (1, 2, 3)], dtype=float).T
+        occupancy = np.array(list(table.column(4)), dtype=float) if has_occupancy else None
+    except ValueError:
+        return _atom_sites_by_row(table)
+    if occupancy is not None:
+        partial = np.flatnonzero(np.abs(occupancy - 1.0) > 1e-6)
+        if len(partial):
+            row = table[int(partial[0])]
+            raise CifError("partial_occupancy", f"{row[0]} occupancy {row[4]}")
+    return species, np.ascontiguousarray(coords)
+
+
+def _atom_sites_by_row(table) -> tuple[list[str], np.ndarray]:
+    species, coords = [], []
+    for row in table:
+        if row.has(4) and abs(_num(row[4]) - 1.0) > 1e-6:
+            raise CifError("partial_occupancy", f"{row[0]} occupancy {row[4]}")
+        species.append(row[0])
+        coords.append([_num(row[1]), _num(row[2]), _num(row[3])])
+    return species, np.array(coords, dtype=float).reshape(-1, 3)
 
 
 def _parse_with_pymatgen(text: str) -> Cell:

@@ -1,8 +1,11 @@
 """Build the Wyckoff gene table of a snapshot: CIF -> cell -> gene -> features, in parallel.
 
-Symmetry comes from moyopy where its gene provably equals spglib's (:mod:`ml.moyo_genes`), and
+Symmetry comes from moyopy where its space group is confirmed (:mod:`ml.moyo_genes`), and
 from spglib (:func:`ml.genes.gene_from_cell`, the definition) for every other row; the number
-of rows that fell back, by reason, is reported.
+of rows that fell back, by reason, is reported. Either way the gene is stored in the canonical
+configuration of its equivalence class under the space group's alternative settings (the form
+``gene_key`` is built from), so the letters and every column derived from them
+(``wyckoff_letter_counts``) do not depend on the symmetry library's origin choice.
 
 Every input row ends in exactly one of the two outputs: a gene row or a rejection row with a
 machine-readable ``reason`` (cif_parse_error, partial_occupancy, unknown_element,
@@ -107,25 +110,24 @@ def gene_row_with_engine(
         check_vocabulary(cell.species)
         index = element_index()
         numbers = [index[s] + 1 for s in cell.species]
-        gene = observe = None
+        columns = None
         if engine == "moyo":
             try:
                 gene, std_counts = moyo_gene(cell.lattice, cell.frac_coords, numbers, cell.species,
                                              space_group_label=space_group_label, symprec=symprec)
                 try:
-                    if _gene_columns(gene.formula, gene.space_group, gene.wyckoff_json)[0] != std_counts:
-                        raise Fallback("invalid_gene", "sites do not give the conventional cell")
+                    counts, columns = _gene_columns(gene.formula, gene.space_group, gene.wyckoff_json)
                 except GeneError as exc:
                     raise Fallback("invalid_gene", exc.reason) from exc
+                if counts != std_counts:
+                    raise Fallback("invalid_gene", "sites do not give the conventional cell")
             except Fallback as exc:
-                gene, fallback, observe = None, exc.reason, exc.observe
-        if gene is None:
+                columns, fallback = None, exc.reason
+        if columns is None:
             ds = spglib_dataset(cell.lattice, cell.frac_coords, numbers,
                                 symprec=symprec, angle_tolerance=angle_tolerance)
-            if observe is not None:
-                observe(ds)
             gene, _ = gene_from_dataset(ds, numbers)
-        _, columns = _gene_columns(gene.formula, gene.space_group, gene.wyckoff_json)
+            _, columns = _gene_columns(gene.formula, gene.space_group, gene.wyckoff_json)
     except (CifError, GeneError) as exc:
         return None, {"material_id": material_id, "reason": exc.reason, "detail": exc.detail[:500]}, fallback
     except Exception as exc:  # anything unforeseen is still a recorded verdict, never a crash

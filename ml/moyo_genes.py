@@ -14,16 +14,23 @@ symmetry search is the cost of the gene table (on cubic lattices ~10-20 ms a cel
 * Within one space group both pick a standard setting and origin, but not always the same of
   the equivalent ones (the Euclidean normalizer): ~11 % of configurations that *have* distinct
   equivalent forms come out in another, equivalent form (same ``gene_key``, different letters).
-  The letters are stored (``wyckoff``, ``wyckoff_letter_counts``), so a moyo gene is accepted only
-  when its configuration has one form under every alternative setting (PyXtal's
-  ``get_alternatives``, the same maps ``gene_key`` folds): then any origin choice gives the
-  identical row. For cubic cells (where spglib's symmetry search is slowest) the alternative
-  setting that turns moyo's letters into spglib's is learned per moyo transformation from rows
-  spglib decided, and applied where it is pinned down (see ``_SETTING_MAPS``).
+  That choice does not matter: both engines write a gene in its *canonical* configuration
+  (``ml.genes.canonical_configuration``, the smallest canonical JSON over PyXtal's alternative
+  settings, the same maps and the same representative ``gene_key`` is built from), so once the
+  space group is confirmed, moyo's gene is the spglib engine's whatever origin either chose.
 
-Everything else is handed back as a :class:`Fallback` with a reason, and the caller runs the
-spglib path for that row, so the output is the spglib engine's by construction;
-``benchmarks/gene_table_benchmark.py --agreement-all`` checks it on the whole snapshot.
+Why the canonical form is what is stored (``wyckoff``, ``wyckoff_letter_counts``): the design
+(``DESIGN.md`` section 3) stores genes as canonical JSON after canonicalisation over the space
+group's alternative settings; the PVAE's training data then no longer depends on an arbitrary
+origin choice inside spglib or moyo (a new spglib release or another engine cannot silently
+change its inputs); and equivalent crystals get one representation. Multiplicities, DoF and
+atom counts are the same for every equivalent form (each alternative setting maps a letter onto
+one of the same multiplicity and DoF), so only the letters move.
+
+Every row whose space group or orbits cannot be confirmed is handed back as a
+:class:`Fallback` with a reason, and the caller runs the spglib path for that row, so the output
+is the spglib engine's by construction; ``benchmarks/gene_table_benchmark.py --agreement-all``
+checks it on the whole snapshot.
 
 Orbits are counted per (element, letter) from atom counts, not from moyo's ``orbits`` (which
 may split an orbit when the input cell is a supercell): an orbit of letter L holds
@@ -32,14 +39,11 @@ multiplicity(L) atoms of the conventional cell.
 
 from __future__ import annotations
 
-import functools
-import json
 from collections import Counter
 
 import numpy as np
 
-from ml.genes import (MP_SYMPREC, Gene, canonical_wyckoff, equivalent_configurations_of, reduced_formula,
-                      wyckoff_json)
+from ml.genes import MP_SYMPREC, Gene, canonical_configuration, reduced_formula
 from ml.wyckoff import space_group_table
 
 # The second, stricter search that a moyo space group must survive (fraction of symprec).
@@ -53,74 +57,18 @@ FALLBACK_REASONS = (
     "supercell_input",  # moyo reduces the input to a smaller primitive cell
     "orbit_count_not_integer",  # atoms per (element, letter) do not fill whole orbits
     "letter_not_in_space_group",
-    "ambiguous_configuration",  # equivalent settings give other letters: origin choice matters
-    "setting_not_learned",  # cubic: spglib's setting for this transformation not yet pinned down
     "space_group_unstable",  # another space group at STABILITY_FACTOR * symprec
     "invalid_gene",  # let spglib give today's exact rejection reason
 )
 
 
 class Fallback(Exception):
-    """moyo's gene cannot be shown to equal spglib's; ``reason`` is one of FALLBACK_REASONS.
+    """moyo's gene cannot be shown to equal spglib's; ``reason`` is one of FALLBACK_REASONS."""
 
-    ``observe(spglib_dataset)``, when set, lets the spglib run that replaces the row teach the
-    cubic setting map (:func:`learn_setting`)."""
-
-    def __init__(self, reason: str, detail: str = "", observe=None):
+    def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-        self.observe = observe
-
-
-# Cubic groups: which alternative setting (letter permutation) turns moyo's letters into
-# spglib's, per (Hall number, moyo's transformation from the input cell). A cubic metric has no
-# free shape parameter, so that transformation fixes the input basis up to scale and rotation,
-# and with it the symmetry operations spglib sees in the input basis. spglib's origin choice
-# also follows the rounding of its operations' translations, which is exact only when an atom
-# sits on the input origin; so a key exists only for cubic cells with an atom at (0, 0, 0).
-# The map is learned in the running process from rows that went through spglib (each row
-# narrows the candidate permutations to those consistent with its per-atom letters) and used
-# only where every remaining candidate gives the same gene. Measured on the snapshot: 3,150
-# cubic rows mapped, none differing from spglib, in three learning orders; the same scheme for
-# non-cubic groups (free c/a, monoclinic angle ...) mapped ~1 % of them wrongly, and cubic cells
-# without an atom at the origin 4 of ~300: those rows stay with spglib.
-_CUBIC_FIRST = 195
-_SETTING_MAPS: dict[tuple, list[dict[str, str]]] = {}
-
-
-ORIGIN_ATOM_TOLERANCE = 1e-6  # fractional
-
-
-def _setting_key(ds, frac_coords) -> tuple | None:
-    frac = np.asarray(frac_coords, float)
-    if np.abs(frac - np.round(frac)).max(axis=1).min() > ORIGIN_ATOM_TOLERANCE:
-        return None  # no atom on the input origin
-    linear = np.asarray(ds.std_linear, float) * 24
-    origin = np.mod(np.asarray(ds.std_origin_shift, float), 1.0) * 48
-    if np.abs(linear - np.round(linear)).max() > 1e-3 or np.abs(origin - np.round(origin)).max() > 0.05:
-        return None  # not a rational transformation at this resolution: no key, spglib decides
-    return (int(ds.hall_number), tuple(np.round(linear).astype(int).ravel().tolist()),
-            tuple((np.round(origin).astype(int) % 48).tolist()))
-
-
-def learn_setting(key: tuple, space_group: int, moyo_letters, spglib_ds) -> None:
-    """Narrow the candidate permutations of ``key`` with one row's per-atom letters."""
-    if int(spglib_ds.number) != space_group:
-        return
-    perms = _SETTING_MAPS.get(key)
-    if perms is None:
-        perms = list(space_group_table(space_group).alternatives)
-    pairs = set(zip(moyo_letters, (str(w) for w in spglib_ds.wyckoffs)))
-    _SETTING_MAPS[key] = [p for p in perms if all(p.get(m, m) == s for m, s in pairs)]
-
-
-def _mapped(perm: dict[str, str], table, wyckoff: dict[str, list[str]]) -> str:
-    out = {}
-    for el, sites in wyckoff.items():
-        letters = [perm.get(label.lstrip("0123456789"), label.lstrip("0123456789")) for label in sites]
-        out[el] = [f"{table.multiplicity(x)}{x}" for x in letters]
-    return wyckoff_json(out)
 
 
 def _moyo_dataset(lattice, frac_coords, numbers, symprec: float):
@@ -130,12 +78,6 @@ def _moyo_dataset(lattice, frac_coords, numbers, symprec: float):
                        [int(z) for z in numbers])
     # Setting.spglib(): the smallest Hall number per space group, spglib's choice of setting.
     return moyopy.MoyoDataset(cell, symprec=symprec, setting=moyopy.Setting.spglib())
-
-
-@functools.lru_cache(maxsize=65536)
-def _is_unambiguous(space_group: int, wyckoff_text: str) -> bool:
-    """True when every alternative setting maps the configuration onto itself."""
-    return len(equivalent_configurations_of(space_group, wyckoff_text)) == 1
 
 
 def moyo_gene(lattice, frac_coords, numbers, symbols, *, space_group_label: int | None,
@@ -175,21 +117,7 @@ def moyo_gene(lattice, frac_coords, numbers, symbols, *, space_group_label: int 
         if rest or rest2 or orbits == 0:
             raise Fallback("orbit_count_not_integer", f"{k} x {n_std}/{n_in} atoms on {site.multiplicity}{letter}")
         wyckoff.setdefault(by_z[z], []).extend([f"{site.multiplicity}{letter}"] * orbits)
-    wyckoff = canonical_wyckoff(wyckoff)
-    if not _is_unambiguous(sg, wyckoff_json(wyckoff)):
-        key = _setting_key(ds, frac_coords) if sg >= _CUBIC_FIRST else None
-        if key is None:
-            raise Fallback("ambiguous_configuration")
-        letters = [str(w) for w in ds.wyckoffs]
-
-        def observe(spglib_ds, key=key, sg=sg, letters=letters):
-            learn_setting(key, sg, letters, spglib_ds)
-
-        perms = _SETTING_MAPS.get(key)
-        images = {_mapped(p, table, wyckoff) for p in perms} if perms else set()
-        if len(images) != 1:
-            raise Fallback("setting_not_learned", observe=observe)
-        wyckoff = json.loads(images.pop())
+    wyckoff = canonical_configuration(sg, wyckoff)  # moyo's origin choice does not matter
     try:
         stricter = _moyo_dataset(lattice, frac_coords, numbers, symprec * STABILITY_FACTOR).number
     except Exception as exc:

@@ -131,6 +131,7 @@ def _build_table(n: int) -> SpaceGroupTable:
     return SpaceGroupTable(n, str(group.symbol), sites, tuple(alternatives))
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_site_label(label: str) -> tuple[int, str]:
     """'8d' -> (8, 'd'). Raises ValueError for anything else."""
     m = _LABEL.match(label.strip())

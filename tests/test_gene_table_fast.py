@@ -1,8 +1,11 @@
 """The fast symmetry engine (moyopy + per-row spglib fallback) against the definition (spglib).
 
 Every check compares with an independent run of the spglib engine on the same real rows; the
-setting case is a material where moyopy's raw Wyckoff letters are not spglib's.
+setting cases are materials where moyopy's raw Wyckoff letters are not spglib's, or spglib's
+are not the canonical form (hand-worked below).
 """
+
+import json
 
 import numpy as np
 import polars as pl
@@ -12,13 +15,6 @@ from ml import moyo_genes
 from ml.cif import parse_cif
 from ml.gene_table import GENE_COLUMNS, build_gene_table, gene_row, gene_row_with_engine
 from ml.genes import gene_key
-
-
-@pytest.fixture(autouse=True)
-def _fresh_setting_maps():
-    moyo_genes._SETTING_MAPS.clear()
-    yield
-    moyo_genes._SETTING_MAPS.clear()
 
 
 def _rows(materials: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
@@ -54,32 +50,64 @@ def _raw_letters(cif: str):
     return cell, list(ds.wyckoffs), list(spg.wyckoffs), ds
 
 
-def test_other_setting_maps_to_the_same_gene(materials):
-    """Half-Heusler-type F-43m (216) cells: moyopy puts the third site on 4c where spglib puts
-    it on 4d (equivalent origins). gene_key folds them; the learned setting map then gives
-    spglib's letters themselves for the next cell with the same transformation."""
-    first, second = "mp-1001833", "mp-1002219"  # InBi and TlSb, zincblende, SG 216
-    rows = _rows(materials, [first, second])
-    cif = dict(zip(rows["material_id"], rows["cif"]))
-    sg = dict(zip(rows["material_id"], rows["symmetry_number"]))
-    for mid in (first, second):
-        cell, moyo_letters, spglib_letters, ds = _raw_letters(cif[mid])
-        assert ds.number == 216 and moyo_letters != spglib_letters  # another setting, really
-        w_moyo, w_spglib = {}, {}
-        for el, m, s in zip(cell.species, moyo_letters, spglib_letters):
-            w_moyo.setdefault(el, []).append(f"4{m}")
-            w_spglib.setdefault(el, []).append(f"4{s}")
-        reference, _ = gene_row(mid, cif[mid], engine="spglib")
-        assert gene_key(reference["formula"], 216, w_moyo) == reference["gene_key"]
-        assert gene_key(reference["formula"], 216, w_spglib) == reference["gene_key"]
+def test_other_origin_gives_the_same_canonical_row(materials):
+    """Zincblende-type F-43m (216) cells: spglib puts the second element on 4d, moyopy on 4c
+    (equivalent origins, related by a shift along the body diagonal). Both engines store the
+    canonical form -- hand-worked: with the origin on the anion (first in the JSON), the cation
+    sits a quarter diagonal away, 4c; 4b would be half a diagonal, not equivalent -- with no
+    fallback, and it has the same gene_key as both raw forms."""
+    for mid, anion, cation in (("mp-1001833", "Bi", "In"), ("mp-1002219", "Sb", "Tl")):
+        rows = _rows(materials, [mid])
+        cif, sg = rows["cif"][0], rows["symmetry_number"][0]
+        cell, moyo_letters, spglib_letters, ds = _raw_letters(cif)
+        assert ds.number == 216 and moyo_letters != spglib_letters  # another origin, really
+        assert dict(zip(cell.species, spglib_letters)) == {cation: "a", anion: "d"}
+        reference, _ = gene_row(mid, cif, engine="spglib")
+        row, rejection, fallback = gene_row_with_engine(mid, cif, engine="moyo", space_group_label=sg)
+        assert rejection is None and fallback is None and row == reference
+        assert json.loads(row["wyckoff"]) == {anion: ["4a"], cation: ["4c"]}
+        for letters in (moyo_letters, spglib_letters):
+            raw = {el: [f"4{x}"] for el, x in zip(cell.species, letters)}
+            assert gene_key(reference["formula"], 216, raw) == reference["gene_key"]
 
-    row1, rej1, fb1 = gene_row_with_engine(first, cif[first], engine="moyo", space_group_label=sg[first])
-    assert rej1 is None and fb1 == "setting_not_learned"  # spglib decided, and taught the map
-    row2, rej2, fb2 = gene_row_with_engine(second, cif[second], engine="moyo", space_group_label=sg[second])
-    assert rej2 is None and fb2 is None  # moyo's gene, mapped onto spglib's setting
-    for mid, row in ((first, row1), (second, row2)):
-        reference, _ = gene_row(mid, cif[mid], engine="spglib")
-        assert row == reference
+
+def test_perovskite_stored_in_the_canonical_form_not_spglibs(materials):
+    """Cubic CsPbI3 (mp-1069538, Pm-3m): spglib's origin choice gives Cs 1b / Pb 1a / I 3d.
+    The origin shift (1/2, 1/2, 1/2) swaps 1a<->1b and 3c<->3d, so the only other form is
+    Cs 1a / Pb 1b / I 3c, the smaller JSON: that is what both engines store, in the letters and
+    in the encoded letter counts, with unchanged multiplicities, DoF and gene_key."""
+    rows = _rows(materials, ["mp-1069538"])
+    cif, sg = rows["cif"][0], rows["symmetry_number"][0]
+    cell, _, spglib_letters, _ = _raw_letters(cif)
+    assert dict(zip(cell.species, spglib_letters)) == {"Cs": "b", "Pb": "a", "I": "d"}
+    spglib_form = {"Cs": ["1b"], "Pb": ["1a"], "I": ["3d"]}
+    canonical = {"Cs": ["1a"], "I": ["3c"], "Pb": ["1b"]}
+    for engine in ("spglib", "moyo"):
+        row, rejection, fallback = gene_row_with_engine("mp-1069538", cif, engine=engine, space_group_label=sg)
+        assert rejection is None and fallback is None
+        assert json.loads(row["wyckoff"]) == canonical
+        assert row["gene_key"] == gene_key("CsPbI3", 221, spglib_form) == f"CsPbI3|221|{json.dumps(canonical)}"
+        assert row["slot_elements"] == ["Cs", "Pb", "I"]  # cation first by electronegativity
+        letters = np.array(row["wyckoff_letter_counts"]).reshape(3, 27)
+        assert [np.flatnonzero(s).tolist() for s in letters] == [[0], [1], [2]]  # a, b, c
+        assert json.loads(row["multiplicities"]) == {"Cs": [1], "I": [3], "Pb": [1]}
+        assert row["total_dof"] == 0 and row["atoms_per_cell"] == 5
+
+
+def test_alternative_settings_keep_multiplicity_and_dof():
+    """Why only the letters move: every alternative setting of every space group maps a letter
+    onto one of the same multiplicity and DoF (PyXtal's tables), and multiplicities never
+    decrease along the letters, so the per-element multiplicity lists are the same for every
+    equivalent form."""
+    from ml.wyckoff import LETTER_INDEX, all_tables
+
+    for number, table in all_tables().items():
+        for perm in table.alternatives:
+            for a, b in perm.items():
+                assert (table.sites[a].multiplicity, table.sites[a].dof) == (
+                    table.sites[b].multiplicity, table.sites[b].dof), (number, a, b)
+        mults = [table.sites[x].multiplicity for x in sorted(table.sites, key=LETTER_INDEX.__getitem__)]
+        assert mults == sorted(mults), number
 
 
 def test_bad_rows_become_rejections_with_reasons(materials):
@@ -134,23 +162,19 @@ def test_unknown_engine_is_an_error():
         build_gene_table(["a"], ["x"], engine="fast")
 
 
-def test_cubic_cell_without_an_atom_on_the_origin_stays_with_spglib(materials):
-    """The learned cubic setting map is used only with an atom on the input origin (elsewhere
-    spglib's origin choice follows the rounding of its translations): a shifted copy of a cell
-    whose map is known falls back and still gives spglib's row."""
+def test_cell_shifted_off_the_origin_gives_the_same_row(materials):
+    """The origin choice of either library no longer matters: a copy of a zincblende cell
+    shifted by an arbitrary vector keeps moyo's gene (no fallback) and gives spglib's row."""
     from pymatgen.io.cif import CifWriter
 
-    rows = _rows(materials, ["mp-1001833", "mp-1002219"])
-    cif = dict(zip(rows["material_id"], rows["cif"]))
-    gene_row_with_engine("mp-1001833", cif["mp-1001833"], engine="moyo", space_group_label=216)  # learns
-    _, _, fallback = gene_row_with_engine("mp-1002219", cif["mp-1002219"], engine="moyo", space_group_label=216)
-    assert fallback is None
-    structure = parse_cif(cif["mp-1002219"]).to_structure()
+    cif = _rows(materials, ["mp-1002219"])["cif"][0]
+    structure = parse_cif(cif).to_structure()
     structure.translate_sites(list(range(len(structure))), [0.1, 0.13, 0.07])
     shifted = str(CifWriter(structure))
     row, rej, fallback = gene_row_with_engine("shifted", shifted, engine="moyo", space_group_label=216)
     ref, _ = gene_row("shifted", shifted, engine="spglib")
-    assert rej is None and fallback == "ambiguous_configuration" and row == ref
+    original, _ = gene_row("shifted", cif, engine="spglib")
+    assert rej is None and fallback is None and row == ref == original
 
 
 def test_wyckoff_tables_cache_round_trips(tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ import json
 import polars as pl
 import pytest
 
-from ml.genes import Gene, GeneError, gene_from_structure, gene_key, validate_gene, wyckoff_json
+from ml.genes import (Gene, GeneError, canonical_configuration, equivalent_configurations, gene_from_structure,
+                      gene_key, normalize_formula, reduced_formula, validate_gene, wyckoff_json)
 from ml.gene_table import gene_row
 
 
@@ -16,9 +17,13 @@ def test_every_target_and_its_equivalent_configurations_share_one_key(targets):
         summary = validate_gene(t["formula"], t["space_group"], t["wyckoff"])
         assert summary.atoms_per_cell > 0
         key = gene_key(t["formula"], t["space_group"], t["wyckoff"])
+        canonical = canonical_configuration(t["space_group"], t["wyckoff"])
+        assert key.split("|", 2)[2] == wyckoff_json(canonical)  # the key is built from the canonical form
         for eq in t.get("equivalent_wyckoff", []):
             validate_gene(t["formula"], t["space_group"], eq)
             assert gene_key(t["formula"], t["space_group"], eq) == key, t["partition"]
+            assert canonical_configuration(t["space_group"], eq) == canonical, t["partition"]
+            assert validate_gene(t["formula"], t["space_group"], eq) == summary  # same mults, DoF, counts
 
 
 def test_paper_table3_examples():
@@ -116,3 +121,64 @@ def test_gene_from_hand_built_perovskite():
     assert gene.space_group == 221 and gene.formula == "SrTiO3"
     assert gene.key == gene_key("SrTiO3", 221, {"Sr": ["1b"], "Ti": ["1a"], "O": ["3d"]})
     assert summary.atoms_per_cell == 5 and summary.total_dof == 0
+    # the gene is written in the canonical form of its class: the smaller JSON of the two
+    # origins of Pm-3m, {O 3c, Sr 1a, Ti 1b} < {O 3d, Sr 1b, Ti 1a}; moving the origin onto
+    # Ti (Sr then on 1b in any standardization) writes the same gene
+    assert gene.wyckoff == {"O": ["3c"], "Sr": ["1a"], "Ti": ["1b"]}
+    s.translate_sites(list(range(len(s))), [0.5, 0.5, 0.5])
+    assert gene_from_structure(s)[0].wyckoff == gene.wyckoff
+
+
+def test_equivalent_configurations_are_the_json_of_each_settings_image():
+    """The images written directly as text are exactly ``wyckoff_json`` of each alternative
+    setting's image of the configuration, on random configurations of every space group."""
+    import random
+
+    from ml.wyckoff import space_group_table
+
+    rng = random.Random(5)
+    for sg in range(1, 231):
+        table = space_group_table(sg)
+        letters = sorted(table.sites)
+        for _ in range(3):
+            wyckoff = {}
+            for el in rng.sample(["O", "Ba", "Ti", "Zn", "Se", "Ca"], rng.randint(1, 4)):
+                chosen = rng.sample(letters, rng.randint(1, min(3, len(letters))))
+                wyckoff[el] = [f"{table.multiplicity(x)}{x}" for x in chosen]
+            expected = []
+            for perm in table.alternatives:
+                image = wyckoff_json({el: [f"{table.multiplicity(perm.get(s[-1], s[-1]))}{perm.get(s[-1], s[-1])}"
+                                           for s in sites] for el, sites in wyckoff.items()})
+                if image not in expected:
+                    expected.append(image)
+            assert equivalent_configurations(sg, wyckoff) == expected, (sg, wyckoff)
+
+
+def test_reduced_formulas_are_returned_unparsed_exactly_as_pymatgen_would(materials):
+    """normalize_formula returns a formula that reduced_formula wrote without parsing it again;
+    that is only right because pymatgen's reduced formula of such a formula is the formula
+    itself. Checked on a sample of snapshot compositions, random compositions over the whole
+    encoding, and pymatgen's special formulas (peroxides, superoxides, diatomic elements)."""
+    import random
+    import warnings
+
+    from pymatgen.core import Composition
+
+    from ml import genes
+    from ml.elements import vocabulary
+
+    rng = random.Random(11)
+    cases = [Composition(c).get_el_amt_dict() for c in materials.sample(1500, seed=4)["composition"]]
+    cases += [{el: rng.randint(1, 48) for el in rng.sample(vocabulary(), rng.randint(1, 5))} for _ in range(2500)]
+    cases += [{el: a, "O": b} for el in ("Li", "Na", "K", "Rb", "Cs", "H") for a, b in ((1, 1), (2, 2), (1, 2), (2, 1))]
+    cases += [{el: n} for el in ("O", "N", "F", "Cl", "H", "Br", "I") for n in (1, 2, 3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no electronegativity for noble gases: pymatgen warns
+        for counts in cases:
+            formula = reduced_formula(counts)
+            assert formula == Composition(counts).reduced_formula
+            assert formula in genes._REDUCED_FORMULAS  # the shortcut is what is tested here
+            assert normalize_formula.__wrapped__(formula) == formula == Composition(formula).reduced_formula
+    # any other spelling is still parsed by pymatgen
+    assert normalize_formula("CuInS2") == "InCuS2" and "CuInS2" not in genes._REDUCED_FORMULAS
+    assert normalize_formula("Li2O2") == Composition("Li2O2").reduced_formula

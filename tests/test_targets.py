@@ -47,15 +47,21 @@ def _genes_for(materials, ids):
 
 
 def test_loo_exclusion_drops_target_and_equivalents(materials, targets):
-    # BaTiO3 R3m (mp-5020) and cubic CsPbI3 (mp-1069538, stored as Cs 1b / Pb 1a / I 3d,
-    # an equivalent configuration of the registry's Cs 1a / Pb 1b / I 3c)
+    # BaTiO3 R3m (mp-5020) and cubic CsPbI3 (mp-1069538: spglib gives Cs 1b / Pb 1a / I 3d, an
+    # equivalent configuration of the registry's Cs 1a / Pb 1b / I 3c; matched by gene_key)
     other = materials.filter((pl.col("formula_pretty") == "BaTiO3") & (pl.col("material_id") != "mp-5020"))
     ids = ["mp-5020", "mp-1069538", *other["material_id"].to_list()]
     genes = _genes_for(materials, ids)
     by_key = {t["partition"]: parse_target(t) for t in targets}
     assert loo_excluded_ids(genes, by_key["BaTiO3-160"]) == ["mp-5020"]
     assert loo_excluded_ids(genes, by_key["CsPbI3-221"]) == ["mp-1069538"]
-    assert json.loads(genes.filter(pl.col("material_id") == "mp-1069538")["wyckoff"][0]) != by_key["CsPbI3-221"].wyckoff
+    # registry entries keep their published letters: either equivalent form alone (no
+    # equivalent_wyckoff listed) is matched by gene_key to the stored row
+    stored = json.loads(genes.filter(pl.col("material_id") == "mp-1069538")["wyckoff"][0])
+    assert stored == {"Cs": ["1a"], "I": ["3c"], "Pb": ["1b"]}  # the canonical form (tests/test_gene_table_fast.py)
+    for form in ({"Cs": ["1a"], "Pb": ["1b"], "I": ["3c"]}, {"Cs": ["1b"], "Pb": ["1a"], "I": ["3d"]}):
+        one_form = parse_target({**by_key["CsPbI3-221"].raw, "wyckoff": form, "equivalent_wyckoff": []})
+        assert loo_excluded_ids(genes, one_form) == ["mp-1069538"]
     assert loo_excluded_ids(genes, by_key["campaign-paper"]) == []
 
 
