@@ -55,6 +55,7 @@ def main() -> None:
         ("filtered_genes", {}),
         ("trial_structures", {"max_genes": args.max_genes}),
         ("relaxed_structures", {}),
+        ("rescored_structures", {}),
         ("phonon_verdicts", {"max_e_above_hull": args.max_e_above_hull, "max_structures": args.phonon_max_structures}),
         ("refined_structures", {"max_e_above_hull": args.max_e_above_hull, "max_structures": args.refine_max_structures}),
         ("sun_report", {"max_e_above_hull": args.max_e_above_hull}),

@@ -150,6 +150,7 @@ def main() -> None:
             materialize(instance, "trial_structures", {"ranking": rule, "max_genes": args.budget,
                                                        "selection_seed": args.selection_seed})
             materialize(instance, "relaxed_structures", {"relaxer": args.relaxer, "max_steps": args.max_steps})
+            materialize(instance, "rescored_structures", {"max_steps": args.max_steps})
             materialize(instance, "phonon_verdicts", {"max_e_above_hull": args.phonon_max_e_above_hull,
                                                       "max_structures": args.budget})
             materialize(instance, "generator_metrics")

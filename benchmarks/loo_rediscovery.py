@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--max-latent-points", type=int, default=2_000_000)
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--structures", action="store_true",
-                    help="also trial_structures -> relaxed_structures -> loo_report (CHGNet)")
+                    help="also trial_structures -> relaxed_structures (fast) -> rescored_structures (decider) -> loo_report")
     ap.add_argument("--max-genes", type=int, default=30, help="trial_structures: genes per partition")
     ap.add_argument("--skip-sampling", action="store_true", help="keep the stored sampled_genes (filters rerun)")
     ap.add_argument("--refine", action="store_true", help="also refined_structures (GPAW) before loo_report")
@@ -64,6 +64,7 @@ def main() -> None:
     from wycryst_assets.partitions import sync_target_partitions
     from wycryst_assets.assets.refinement import refined_structures
     from wycryst_assets.assets.report import loo_report
+    from wycryst_assets.assets.rescoring import rescored_structures
     from wycryst_assets.assets.structures import relaxed_structures, trial_structures
     from wycryst_assets.resources import compute_resource, warehouse_resource
 
@@ -114,6 +115,7 @@ def main() -> None:
                 tm = res.asset_materializations_for_node("trial_structures")[0].metadata
                 res, relax_s = run([relaxed_structures], key)
                 rm = res.asset_materializations_for_node("relaxed_structures")[0].metadata
+                res, rescore_s = run([rescored_structures], key)
                 refine_s = 0.0
                 if args.refine:
                     res, refine_s = run([refined_structures], key, {"refined_structures": {"config": {
@@ -129,6 +131,9 @@ def main() -> None:
                     "core-s/relax": rm["core_seconds_per_relaxation"].value, "relax s": round(relax_s),
                     "lattice err": round(part.get("lattice_max_error", float("nan")), 4),
                     "GS rank": part.get("ground_state_rank"), "rank by": part.get("ground_state_rank_source"),
+                    "GS fast": part.get("ground_state_rank_fast"), "margin fast meV": part.get("ground_state_margin_mev_fast"),
+                    "GS decider": part.get("ground_state_rank_decider"),
+                    "margin decider meV": part.get("ground_state_margin_mev_decider"), "rescore s": round(rescore_s),
                     "lattice by": part.get("lattice_source"), "refine s": round(refine_s), "recovered": lm["recovered"].value,
                     "why not": lm["why_not"].value,
                 })

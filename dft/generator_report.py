@@ -16,7 +16,7 @@ from ml.generator_metrics import MetricsConfig, generator_metrics
 from ml.selection import SELECTIONS, rank_for_budget
 from ml.targets import Target
 
-TABLES = ("filtered_genes", "trial_structures", "relaxed_structures", "phonon_verdicts")
+TABLES = ("filtered_genes", "trial_structures", "relaxed_structures", "phonon_verdicts", "rescored_structures")
 
 
 @dataclass
@@ -51,9 +51,16 @@ def best_relaxed_with_facts(relaxed: pl.DataFrame | None) -> pl.DataFrame | None
 
 def generator_report(tables: dict[str, pl.DataFrame | None], *, target: Target,
                      config: MetricsConfig | None = None) -> GeneratorReport:
-    """``tables``: this partition's rows of :data:`TABLES` (a missing table: None or absent)."""
+    """``tables``: this partition's rows of :data:`TABLES` (a missing table: None or absent).
+    Energies are the cascade decider's where ``rescored_structures`` has the partition (each
+    row's ``relaxer`` then names the model of its energies, :func:`dft.rescoring.decided_best`),
+    else the fast model's."""
+    from dft.rescoring import decided_best
+
     config = config or MetricsConfig()
-    filtered, trials, relaxed, phonons = (tables.get(t) for t in TABLES)
+    filtered, trials, relaxed, phonons, rescored = (tables.get(t) for t in TABLES)
+    if relaxed is not None and rescored is not None and rescored.height:
+        relaxed = decided_best(relaxed, rescored)
     rule, seed = _selection_of(trials)
     config = replace(config, loo=target.is_loo, selection=config.selection or rule)
     best = best_relaxed_with_facts(relaxed)

@@ -252,17 +252,32 @@ def best_trial_per_gene(rows: list[dict]) -> dict[str, dict]:
 
 
 def phonon_task(payload: dict) -> dict:
-    """Phonons of one relaxed CIF with the relaxer's potential -> summary dict (+ band PNG file)."""
+    """Phonons of one relaxed CIF with the potential ``payload["relaxer"]`` -> summary dict (+ band
+    PNG file). ``payload["relax_first"]``: the structure was relaxed by another model, so it is
+    first relaxed with this one (symmetry kept, ``relax_fmax`` / ``relax_max_steps``): phonopy's
+    finite displacements assume the potential's own minimum (residual forces are not subtracted).
+    A pre-relaxation without a usable structure is a ``failed`` verdict with its reason."""
     from pymatgen.core import Structure
 
     from dft.phonons import band_structure_png, phonon_verdict
-    from dft.relax import get_relaxer, limited_threads
+    from dft.relax import get_relaxer, limited_threads, relax_primitive
 
     structure = Structure.from_file(payload["cif_path"])
+    pre = {}
     with limited_threads(int(payload.get("threads", 1))):
-        calc = get_relaxer(payload.get("relaxer", "chgnet")).calculator()
-        result = phonon_verdict(structure, calc, supercell_min_length=float(payload.get("supercell_min_length", 10.0)))
-    summary = result.summary()
+        relaxer = get_relaxer(payload.get("relaxer", "chgnet"))
+        if payload.get("relax_first"):
+            r = relax_primitive(relaxer, structure, fmax=float(payload.get("relax_fmax", 0.05)),
+                                max_steps=int(payload.get("relax_max_steps", 300)))
+            pre = {"pre_relax_verdict": r.verdict, "pre_relax_steps": int(r.steps),
+                   "pre_relax_symmetry_kept": bool(r.symmetry_kept)}
+            if r.verdict not in ("converged", "not_converged") or r.structure is None:
+                return {"verdict": "failed", **pre,
+                        "reason": f"relaxation with {relaxer.name} before phonons {r.verdict}: {r.reason}"[:500]}
+            structure = r.structure
+        result = phonon_verdict(structure, relaxer.calculator(),
+                                supercell_min_length=float(payload.get("supercell_min_length", 10.0)))
+    summary = {**result.summary(), **pre}
     if payload.get("png") and result.band_frequencies:
         Path(payload["png"]).parent.mkdir(parents=True, exist_ok=True)
         Path(payload["png"]).write_bytes(band_structure_png(result, payload.get("title", "")))
@@ -323,24 +338,33 @@ def mark_best_trials(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def phonon_tasks(candidates: Iterable[dict], base: Path, *, supercell_min_length: float,
-                 code: str = "") -> tuple[dict, dict]:
-    """``(tasks, row_of)``: one :func:`phonon_task` payload per relaxed candidate (rows of
-    ``relaxed_structures``), keyed by gene and a digest of the relaxed CIF, the supercell length and
+def phonon_tasks(candidates: Iterable[dict], base: Path, *, supercell_min_length: float, code: str = "",
+                 model: str | None = None, relax_fmax: float = 0.05, relax_max_steps: int = 300) -> tuple[dict, dict]:
+    """``(tasks, row_of)``: one :func:`phonon_task` payload per relaxed candidate (rows with
+    ``relaxed_cif`` and the model that relaxed it in ``energy_model`` or ``relaxer``), computed with
+    ``model`` (None: the candidate's own model); a candidate relaxed by another model is relaxed
+    with ``model`` first. Keyed by gene, model and a digest of the relaxed CIF, the settings and
     ``code`` (a version of the phonon code); band plots under ``base/bands``."""
     tasks, row_of = {}, {}
     for row in candidates:
-        key = f"{gene_hash(row['gene_key'])}-{file_digest(row['relaxed_cif'], str(supercell_min_length) + code)}"
-        tasks[key] = {"cif_path": row["relaxed_cif"], "relaxer": row["relaxer"],
+        relaxed_by = row.get("energy_model") or row.get("relaxer")
+        use = model or relaxed_by
+        relax_first = use != relaxed_by
+        text = f"{supercell_min_length}|{use}" + (f"|relax {relax_fmax} {relax_max_steps}" if relax_first else "") + code
+        key = f"{gene_hash(row['gene_key'])}-{use}-{file_digest(row['relaxed_cif'], text)}"
+        tasks[key] = {"cif_path": row["relaxed_cif"], "relaxer": use, "relax_first": relax_first,
+                      "relax_fmax": relax_fmax, "relax_max_steps": relax_max_steps,
                       "supercell_min_length": supercell_min_length, "png": str(Path(base) / "bands" / f"{key}.png"),
-                      "title": f"{row['formula']} SG {row['space_group']}"}
+                      "title": f"{row['formula']} SG {row['space_group']} ({use})"}
         row_of[key] = row
     return tasks, row_of
 
 
-def phonon_rows(results: dict[str, dict], row_of: dict[str, dict], skipped: Iterable[tuple[dict, str]]) -> list[dict]:
+def phonon_rows(results: dict[str, dict], row_of: dict[str, dict], skipped: Iterable[tuple[dict, str]],
+                tasks: dict[str, dict] | None = None) -> list[dict]:
     """One row per phonon result (verdict ``failed`` when the task returned none) and one
-    ``skipped`` row, with its reason, per candidate that was not computed."""
+    ``skipped`` row, with its reason, per candidate that was not computed; ``phonon_model`` from
+    the task (``tasks``), ``energy_model`` = the model that relaxed the candidate."""
     rows = []
     for key, res in results.items():
         rows.append({**gene_columns(row_of[key]), "verdict": res.get("verdict", "failed"),
@@ -349,7 +373,9 @@ def phonon_rows(results: dict[str, dict], row_of: dict[str, dict], skipped: Iter
                      "n_displacements": res.get("n_displacements"), "seconds": res.get("seconds"),
                      "cpu_seconds": res.get("cpu_seconds"), "band_png": res.get("band_png"),
                      "vasp_dfpt_dir": res.get("vasp_dfpt_dir"), "supercell_matrix": res.get("supercell_matrix"),
-                     "relaxed_cif": row_of[key]["relaxed_cif"], "task_key": key})
+                     "relaxed_cif": row_of[key]["relaxed_cif"], "task_key": key,
+                     "phonon_model": (tasks or {}).get(key, {}).get("relaxer"), "pre_relax_verdict": res.get("pre_relax_verdict"),
+                     "energy_model": row_of[key].get("energy_model") or row_of[key].get("relaxer")})
     rows += [{**gene_columns(row), "verdict": "skipped", "reason": why} for row, why in skipped]
     return rows
 

@@ -191,7 +191,8 @@ def refinement_tasks(taken, base: Path, *, engine: str, settings: dict, fmax: fl
 def mlip_columns(row: dict, mlip_rank: Mapping[str, int]) -> dict:
     """The MLIP's numbers for a refined (or skipped) gene, side by side with DFT's."""
     return {"mlip_formation_energy_per_atom": row["formation_energy_per_atom"], "mlip_e_above_hull": row["e_above_hull"],
-            "mlip_rank_in_formula": mlip_rank.get(row["gene_key"]), "mlip_lattice": row["lattice"]}
+            "mlip_rank_in_formula": mlip_rank.get(row["gene_key"]), "mlip_lattice": row["lattice"],
+            "mlip_model": row.get("energy_model") or row.get("relaxer")}
 
 
 def refined_rows(results: Mapping[str, dict], tasks: Mapping[str, dict], row_of: Mapping[str, dict],

@@ -400,7 +400,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     _spec("sevennet-mf0", "sevennet", "7net-mf-0", "SevenNet_MF_0/checkpoint_sevennet_mf_0.pth", "PBE", "mp_raw",
           "SevenNet-MF-0 multi-fidelity (PBE/PBE+U MPtrj + r2SCAN heads), evaluated with the PBE head"),
 )}
-DEFAULT_RELAXER = "chgnet"
+from dft.model_choice import DEFAULT_RELAXER  # noqa: E402  (the defaults live in one place)
 
 _PRETRAINED_DIRS = {"chgnet": ("chgnet", "pretrained"), "sevennet": ("sevenn", "pretrained_potentials")}
 

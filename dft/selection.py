@@ -97,11 +97,12 @@ def _primitive_atoms(cif: str) -> int:
     return len(primitive_cell(Structure.from_file(cif)))
 
 
-def rank_in_formula(df: pl.DataFrame, column: str) -> dict[str, int]:
-    """gene_key -> rank (1 = lowest ``column``) among the rows of the same formula; rows without
-    a value are not ranked."""
+def rank_in_formula(df: pl.DataFrame, column: str, by: tuple[str, ...] = ("formula",)) -> dict[str, int]:
+    """gene_key -> rank (1 = lowest ``column``) among the rows of the same formula (the same
+    ``by`` columns: add ``energy_model`` so that energies of two models are never ranked
+    together); rows without a value are not ranked."""
     out = {}
-    for _, group in df.filter(pl.col(column).is_not_null()).group_by("formula"):
+    for _, group in df.filter(pl.col(column).is_not_null()).group_by(list(by)):
         for i, g in enumerate(group.sort(column)["gene_key"].to_list(), start=1):
             out[g] = i
     return out

@@ -87,8 +87,8 @@ PROTOCOL_DIFFERENCES = {
     "validity": "ours: SMACT (charge neutrality + Pauling test) on the formula, PyXtal Wyckoff tables on the "
                 "gene; LeMat: bond-valence / pymatgen oxidation states on the structure, min distance > 0.5 x "
                 "the sum of atomic radii; CDVAE-style: min distance > 0.5 A on unrelaxed structures",
-    "phonons": "ours: phonopy finite displacements with the relaxation's MLIP on the best trial of genes under "
-               "the phonon_verdicts limits (E_hull, top-N), stable when nothing below -0.1 THz (acoustic "
+    "phonons": "ours: phonopy finite displacements with the phonon model (phonon_verdicts.phonon_model; the "
+               "structure relaxed with it first) on the decider's structure of genes under the phonon_verdicts limits (E_hull, top-N), stable when nothing below -0.1 THz (acoustic "
                "modes near Gamma excepted); PhononBench: MatterSim on all generated structures, -0.1 THz",
     "metasun": "LeMat-GenBench counts MetaSUN as 0 < E_hull <= 0.1 (stable structures excluded); the "
                "combined row counts E_hull <= 0.1",
@@ -189,6 +189,9 @@ def _best_rows(relaxed: pl.DataFrame | None) -> pl.DataFrame | None:
 def _energy_model(best: pl.DataFrame | None, config: MetricsConfig) -> str:
     if config.energy_model:
         model = config.energy_model
+    elif _col(best, "energy_model") and best.height:  # the cascade's table: name each model and its share
+        counts = best.group_by("energy_model").len().sort("len", descending=True).rows()
+        model = " + ".join(f"{m} ({n} genes)" for m, n in counts)
     elif _col(best, "relaxer") and best.height:
         model = ",".join(sorted({str(r) for r in best["relaxer"].drop_nulls().to_list()})) or "unknown model"
     else:
@@ -368,11 +371,14 @@ def generator_metrics(filtered: pl.DataFrame | None, trials: pl.DataFrame | None
         computed = phonons.filter(pl.col("verdict").is_in(["stable", "unstable", "failed"]))
         stable_ph = int((computed["verdict"] == "stable").sum())
         failed_ph = int((computed["verdict"] == "failed").sum())
-        ph_model = (",".join(sorted({str(r) for r in best["relaxer"].drop_nulls().to_list()}))
-                    if _col(best, "relaxer") else "?")
+        if _col(phonons, "phonon_model") and phonons["phonon_model"].drop_nulls().len():
+            ph_model = ",".join(sorted({str(r) for r in phonons["phonon_model"].drop_nulls().to_list()}))
+        else:  # tables from before the cascade: phonons with the relaxation's potential
+            ph_model = (",".join(sorted({str(r) for r in best["relaxer"].drop_nulls().to_list()}))
+                        if _col(best, "relaxer") else "?")
         add(_Row("dynamics", "dynamically_stable", _ratio(stable_ph, computed.height), stable_ph, computed.height,
                  "genes whose phonons were computed (stable + unstable + failed; skipped excluded)",
-                 f"phonopy with {ph_model} (the relaxation's potential)",
+                 f"phonopy with {ph_model}",
                  f"PhononBench: mean {anchors.PHONONBENCH['mean_rate']} %, best {anchors.PHONONBENCH['best_rate']} % "
                  f"({anchors.PHONONBENCH['best_model']})", ("phonons",),
                  f"{failed_ph} failed (counted as not stable)" if failed_ph else ""))
@@ -387,7 +393,7 @@ def generator_metrics(filtered: pl.DataFrame | None, trials: pl.DataFrame | None
         phonon_stable = pl.col("gene_key").is_in(sorted(stable_genes))
         ph_sun = _distinct_crystals(best.filter(energy_ok(None, meta_t) & novel & phonon_stable))
     add(_Row("dynamics", f"phonon_stable_sun_e{meta_t:g}", _ratio(ph_sun, selected), ph_sun, selected,
-             sel_is + f" (E_hull <= {meta_t:g}, unique, novel, phonon-stable)", f"{decided}; phonons by the same model",
+             sel_is + f" (E_hull <= {meta_t:g}, unique, novel, phonon-stable)", f"{decided}; phonons by the phonon model",
              f"WyCryst paper: {anchors.WYCRYST_PAPER['phonon_stable']} phonon-stable new materials of "
              f"{anchors.WYCRYST_PAPER['genes_to_dft']} genes relaxed by DFT (VASP DFPT)",
              ("energy", "phonons", "sample"), absent("phonon_verdicts") or absent("relaxed_structures")))

@@ -60,6 +60,8 @@ BAD_VALUES = [
     ("trial_structures", {"ranking": "at_random"}, "ranking"),
     ("sampled_genes", {"noise_unit": "sigma"}, "noise_unit"),
     ("refined_structures", {"mode": "relaxed"}, "mode"),
+    ("rescored_structures", {"rescorer": "mace"}, "rescorer"),
+    ("phonon_verdicts", {"phonon_model": "mattersim"}, "phonon_model"),
 ]
 
 
@@ -94,8 +96,10 @@ def test_execute_in_process_refuses_it_before_any_step(ui):
     ok = dg.validate_run_config(job, {"ops": {
         "phonon_verdicts": {"config": {"max_e_above_hull": None}},
         "filtered_genes": {"config": {"max_total_dof": None, "elements": None, "min_synthesizability": None}},
-        "refined_structures": {"config": {"max_e_above_hull": None, "mode": "single_point"}}}})
+        "refined_structures": {"config": {"max_e_above_hull": None, "mode": "single_point"}},
+        "rescored_structures": {"config": {"rescorer": "none", "max_e_above_hull": None, "top_k_per_formula": 3}}}})
     assert ok["ops"]["phonon_verdicts"]["config"]["max_e_above_hull"] is None
+    assert ok["ops"]["rescored_structures"]["config"]["rescorer"] == "none"
 
 
 def test_one_backfill_covers_every_target_partition(ui):
@@ -142,9 +146,12 @@ def test_reports_follow_their_upstream_and_nothing_else(wycryst_env):
         sync_target_partitions(instance)
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         assert first.total_requested == 0  # nothing upstream yet
-        # one partition's relaxations finished (no DFT refinement: it is optional)
+        # one partition's fast relaxations finished: the reports wait for the cascade's decider
         updated("filtered_genes", "relaxed_structures")
-        second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        waiting = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert waiting.total_requested == 0
+        updated("rescored_structures")  # the decider rescored it (no DFT refinement: it is optional)
+        second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=waiting.cursor)
         assert requested(second) == {"loo_report": ["SrTiO3-221"]}  # sun_report waits for its phonons
         assert second.total_requested == 1  # only the reports are automated: no training, no relaxation
         updated("loo_report")  # the requested run materialized it

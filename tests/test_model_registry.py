@@ -73,3 +73,37 @@ def test_formation_energy_of_an_oxide_matches_mp(name, oxide, shared_data, tmp_p
     assert expected_note in scored["energy_note"]
     assert scored["formation_energy_per_atom"] == pytest.approx(row["formation_energy_per_atom"], abs=TOLERANCE)
     assert scored["matched_material_id"] is not None  # relaxed, it is still the snapshot's MgO
+
+
+def test_the_cascade_defaults_are_registry_models_with_weights_here():
+    from dft import model_choice
+
+    for name in (model_choice.DEFAULT_RELAXER, model_choice.DEFAULT_RESCORER, model_choice.DEFAULT_PHONON_MODEL):
+        assert name in relax.available_models()
+    assert relax.DEFAULT_RELAXER == model_choice.DEFAULT_RELAXER and model_choice.NO_RESCORER not in relax.MODELS
+
+
+def test_the_default_decider_orders_the_snapshots_mgo_polymorphs_as_mp(oxide, shared_data, tmp_path):
+    """The cascade's default decider (dft.model_choice.DEFAULT_RESCORER) on every MgO polymorph of
+    the snapshot (MP: P6_3/mmc -3.016 < P6_3mc -2.979 < P-6m2 -2.716 eV/atom, gaps of 37 and 263
+    meV/atom, both above the models' ~20-50 meV/atom errors), relaxed and scored through the
+    platform: MP's order, and the lowest one's E_f within 0.05 eV/atom of MP's."""
+    from dft.model_choice import DEFAULT_RESCORER
+
+    _, system = oxide
+    mgo = system.filter(pl.col("formula_pretty") == "MgO").sort("formation_energy_per_atom")
+    assert mgo.height == 3
+    refs = load_elemental_references(shared_data / "mp-elemental-reference-entries.json.gz")
+    hull = SnapshotHull(system.select("material_id", "formula_pretty", "formation_energy_per_atom").rows())
+    novelty = NoveltyChecker(system.select("material_id", "formula_pretty", "cif").rows())
+    ours = []
+    for row in mgo.iter_rows(named=True):
+        cif = tmp_path / f"{row['material_id']}.cif"
+        Structure.from_str(row["cif"], fmt="cif").to(filename=str(cif))
+        result = relax_task({"cif_path": str(cif), "relaxer": DEFAULT_RESCORER,
+                             "out_cif": str(tmp_path / f"{row['material_id']}-out.cif")})
+        (scored,) = score_relaxations([result], references=refs, hull=hull, novelty=novelty)
+        assert scored["verdict"] == "converged" and scored["symmetry_kept"], scored
+        ours.append(scored["formation_energy_per_atom"])
+    assert ours == sorted(ours), list(zip(mgo["material_id"], mgo["formation_energy_per_atom"], ours))
+    assert ours[0] == pytest.approx(mgo["formation_energy_per_atom"][0], abs=0.05)

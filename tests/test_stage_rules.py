@@ -183,7 +183,7 @@ def test_loo_verdict_recovered_and_why_not(tmp_path):
     assert row["recovered"] and row["why_not"] == "" and row["lattice_max_error"] == pytest.approx(0.025 / 3.905,
                                                                                                      abs=1e-4)
     row = loo_verdict(target, filtered, best(4.2), lattice_tolerance=0.03)
-    assert not row["recovered"] and row["why_not"] == "lattice off (mlip)"
+    assert not row["recovered"] and row["why_not"] == "lattice off (chgnet)"
     row = loo_verdict(target, filtered.filter(pl.col("gene_key") != key), best(3.93))
     assert row["why_not"].startswith("not sampled; filtered out")
 
@@ -221,7 +221,10 @@ def test_ground_state_rank_counts_distinct_crystals(tmp_path):
     rows = [_row("rival", edges, 0.0, -8.1, **common), _row(key, perov, 0.05, -8.0, **common)]
     row = loo_verdict(target, pl.DataFrame({"gene_key": [key], "passed": [True]}), pl.DataFrame(rows))
     assert row["ground_state_rank"] == 2 and row["crystals_of_formula_relaxed"] == 2
-    assert row["why_not"] == "ground-state rank 2 (mlip)"
+    assert row["why_not"] == "ground-state rank 2 (chgnet)"
+    # the fast model's rank beside it, with the margin to the lowest rival crystal (E_f -3.1 vs -3.0)
+    assert row["ground_state_rank_fast"] == 2 and row["ground_state_margin_mev_fast"] == pytest.approx(-100.0)
+    assert row["nearest_rival_fast"] == "SrTiO3 SG 221 rival" and "no rescored_structures" in row["ground_state_rank_note"]
 
 
 def test_stored_task_results_are_keyed_by_settings_and_code(tmp_path):

@@ -19,7 +19,7 @@ MAIN_PARTITION = "SrTiO3-221"
 MAIN_STAGES = (
     ("mp_snapshot,wyckoff_genes,synthesizability_model", False),
     ("pvae_model,sampled_genes,filtered_genes", True),
-    ("trial_structures,relaxed_structures,refined_structures,phonon_verdicts,loo_report", True),
+    ("trial_structures,relaxed_structures,rescored_structures,refined_structures,phonon_verdicts,loo_report", True),
 )
 # The main job samples 500 perturbations per origin (the asset's default is 5,000): a quick
 # look at a partition in minutes; rerun sampled_genes from the UI for the full sampling.

@@ -10,6 +10,7 @@ from wycryst_assets.assets.pvae import TrainingDevice, pvae_model
 from wycryst_assets.assets.sampling import filtered_genes, sampled_genes, synthesizability_model
 from wycryst_assets.assets.refinement import refined_structures
 from wycryst_assets.assets.report import loo_report
+from wycryst_assets.assets.rescoring import rescored_structures
 from wycryst_assets.assets.snapshot import mp_snapshot
 from wycryst_assets.automation import report_automation_sensor
 from wycryst_assets.assets.structures import phonon_verdicts, relaxed_structures, trial_structures
@@ -31,7 +32,7 @@ foundation_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=[mp_snapshot, wyckoff_genes, synthesizability_model, forward_model, pvae_model, sampled_genes, filtered_genes,
-            trial_structures, relaxed_structures, refined_structures, phonon_verdicts, loo_report, sun_report,
+            trial_structures, relaxed_structures, rescored_structures, refined_structures, phonon_verdicts, loo_report, sun_report,
             generator_metrics],
     asset_checks=[every_material_accounted_for, space_groups_agree_with_mp],
     jobs=[foundation_job, release_refresh_job, target_pipeline_job],

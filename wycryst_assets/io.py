@@ -51,3 +51,18 @@ def load_model_manifest(target: str) -> dict:
     if not path.is_file():
         raise dg.Failure(f"no trained model for {target}: materialize pvae_model for this partition first ({path})")
     return json.loads(path.read_text())
+
+
+def read_rescored(conn, target: str, order: str = "") -> pl.DataFrame:
+    """The partition's ``rescored_structures`` rows (one per gene; energies of the model in
+    ``energy_model``); a clear failure when the cascade's rescoring has not run for it (its
+    relaxed genes have no rows there)."""
+    from wycryst_assets.warehouse import read_table, table_exists
+
+    rows = read_table(conn, f"SELECT * FROM rescored_structures WHERE target = ? {order}", [target]) \
+        if table_exists(conn, "rescored_structures") else None
+    if rows is None or (rows.is_empty() and count(
+            conn, "SELECT count(*) FROM relaxed_structures WHERE target = ? AND best_trial", target)):
+        raise dg.Failure(f"no rescored_structures rows for {target}: materialize rescored_structures for this "
+                         "partition first (config rescorer: none passes the fast model's numbers through)")
+    return rows

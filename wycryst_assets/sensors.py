@@ -82,7 +82,7 @@ def weekly_release_check(context: dg.ScheduleEvaluationContext):
 
 
 PARTITIONED_ASSETS = ("pvae_model", "sampled_genes", "filtered_genes", "trial_structures", "relaxed_structures",
-                      "refined_structures", "phonon_verdicts", "loo_report", "sun_report", "generator_metrics")
+                      "rescored_structures", "refined_structures", "phonon_verdicts", "loo_report", "sun_report", "generator_metrics")
 
 target_pipeline_job = dg.define_asset_job(
     "target_pipeline",

@@ -9,9 +9,10 @@ from dagster_duckdb import DuckDBResource
 
 from wycryst_assets import settings
 from wycryst_assets.assets.refinement import refined_structures
+from wycryst_assets.assets.rescoring import rescored_structures
 from wycryst_assets.assets.structures import phonon_verdicts
 from wycryst_assets.automation import REPORT_AUTOMATION
-from wycryst_assets.io import count, frame
+from wycryst_assets.io import count, frame, read_rescored
 from wycryst_assets.partitions import current_registry, targets_partitions
 from wycryst_assets.plots import bar_chart_markdown, markdown_table, rounded_rows
 from wycryst_assets.versions import source_version
@@ -19,7 +20,8 @@ from wycryst_assets.warehouse import read_table, replace_partition, table_exists
 
 SUN_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
-    "formation_energy_per_atom": pl.Float64, "e_above_hull": pl.Float64, "symmetry_kept": pl.Boolean,
+    "formation_energy_per_atom": pl.Float64, "e_above_hull": pl.Float64, "energy_model": pl.String,
+    "fast_relaxer": pl.String, "fast_e_above_hull": pl.Float64, "symmetry_kept": pl.Boolean, "phonon_model": pl.String,
     "phonon_verdict": pl.String, "min_frequency_thz": pl.Float64, "dft_engine": pl.String, "dft_verdict": pl.String,
     "dft_formation_energy_per_atom": pl.Float64, "cif": pl.String,
 }
@@ -32,6 +34,7 @@ _FUNNEL_SQL = (
     ("genes with trials", "SELECT count(DISTINCT gene_key) FROM trial_structures WHERE target = ? AND verdict = 'ok'"),
     ("trials relaxed (converged)", "SELECT count(*) FROM relaxed_structures WHERE target = ? AND verdict = 'converged'"),
     ("genes relaxed, SG kept", "SELECT count(*) FROM relaxed_structures WHERE target = ? AND best_trial AND symmetry_kept"),
+    ("genes rescored by the decider", "SELECT count(*) FROM rescored_structures WHERE target = ? AND status = 'rescored'"),
 )
 
 
@@ -44,11 +47,11 @@ class SunReportConfig(dg.Config):
     group_name="report",
     kinds={"duckdb", "csv"},
     partitions_def=targets_partitions,
-    deps=[phonon_verdicts, refined_structures],
+    deps=[rescored_structures, phonon_verdicts, refined_structures],
     pool="duckdb_writer",
     code_version=source_version(__name__),
     automation_condition=REPORT_AUTOMATION,
-    description="Stable (E_hull <= threshold), unique (one per distinct crystal: dft.matching.same_crystal) and "
+    description="Decided by the cascade's decider (rescored_structures; `energy_model` per row): stable (E_hull <= threshold), unique (one per distinct crystal: dft.matching.same_crystal) and "
     "novel (not in the snapshot) candidates with E_f, E_hull, SG kept, phonon verdict and CIF; the funnel "
     "from sampled genes on; comparison with the paper's phonon-stable list for its campaign. "
     "DuckDB `sun_candidates`, CSV + CIFs under artifacts/sun_report/<target>/.",
@@ -59,9 +62,9 @@ def sun_report(context: dg.AssetExecutionContext, config: SunReportConfig, wareh
 
     key = context.partition_key
     with warehouse.get_connection() as conn:
-        best = read_table(conn, "SELECT * FROM relaxed_structures WHERE target = ? AND best_trial", [key])
-        phonons = read_table(conn, "SELECT gene_key, verdict AS phonon_verdict, min_frequency_thz FROM phonon_verdicts "
-                             "WHERE target = ?", [key])
+        best = read_rescored(conn, key)
+        phonons = read_table(conn, "SELECT gene_key, verdict AS phonon_verdict, min_frequency_thz, phonon_model "
+                             "FROM phonon_verdicts WHERE target = ?", [key])
         dft = read_table(conn, "SELECT gene_key, engine AS dft_engine, verdict AS dft_verdict, formation_energy_per_atom "
                          "AS dft_formation_energy_per_atom FROM refined_structures WHERE target = ?", [key]).cast(
             _DFT_SCHEMA) if table_exists(conn, "refined_structures") else pl.DataFrame(schema=_DFT_SCHEMA)
@@ -84,8 +87,12 @@ def sun_report(context: dg.AssetExecutionContext, config: SunReportConfig, wareh
 def _metadata(df: pl.DataFrame, sun, funnel: list, passed: dict, key: str, out_dir) -> dict:
     from dft.sun import paper_comparison
 
+    from dft.rescoring import decided_models
+
     meta = {
         "candidates": dg.MetadataValue.int(df.height),
+        "energies_decided_by": decided_models(sun.candidates),
+        "phonon_model": ",".join(sorted(set(sun.candidates["phonon_model"].drop_nulls().to_list()))) or "-",
         "phonon_stable": dg.MetadataValue.int(sun.phonon_stable.height),
         "funnel": dg.MetadataValue.md(markdown_table([{"stage": s, "count": n} for s, n in funnel]) + "\n\n" +
                                       bar_chart_markdown([s for s, _ in funnel], [n for _, n in funnel],

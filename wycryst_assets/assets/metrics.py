@@ -4,6 +4,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from wycryst_assets.assets.sampling import filtered_genes
+from wycryst_assets.assets.rescoring import rescored_structures
 from wycryst_assets.assets.structures import phonon_verdicts, relaxed_structures, trial_structures
 from wycryst_assets.automation import REPORT_AUTOMATION
 from wycryst_assets.partitions import current_registry, targets_partitions
@@ -13,10 +14,11 @@ from wycryst_assets.warehouse import read_partition, replace_partition
 
 
 class GeneratorMetricsConfig(dg.Config):
-    """Which energies decide (a rescoring may add its own E_hull column to relaxed_structures)."""
+    """Which energies decide: the cascade decider's (rescored_structures) where it has the partition,
+    else the fast model's (relaxed_structures); each row's model is named."""
 
-    energy_column: str = "e_above_hull"  # E_hull on MP's scale, a relaxed_structures column
-    energy_model: str = ""  # "": the relaxed rows' `relaxer`
+    energy_column: str = "e_above_hull"  # E_hull on MP's scale, a rescored/relaxed_structures column
+    energy_model: str = ""  # "": the rows' `energy_model` (rescored) or `relaxer`
     sun_thresholds: list[float] = [0.0, 0.08]  # eV/atom: WyFormer's S.U.N. (<= 0 and <= 0.08)
     metasun_threshold: float = 0.1  # LeMat-GenBench MetaSUN; the paper's phonon cut
     diversity_threshold: float = 0.08  # diversity is counted among S.U.N. at this threshold
@@ -26,7 +28,7 @@ class GeneratorMetricsConfig(dg.Config):
     group_name="report",
     kinds={"duckdb"},
     partitions_def=targets_partitions,
-    deps=[filtered_genes, trial_structures, relaxed_structures, phonon_verdicts],
+    deps=[filtered_genes, trial_structures, relaxed_structures, rescored_structures, phonon_verdicts],
     pool="duckdb_writer",
     code_version=source_version(__name__),
     automation_condition=REPORT_AUTOMATION,

@@ -7,14 +7,14 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from wycryst_assets import settings
-from wycryst_assets.assets.structures import relaxed_structures
+from wycryst_assets.assets.rescoring import rescored_structures
 from wycryst_assets.cpu import cpu_budget
-from wycryst_assets.io import frame, verdict_counts
+from wycryst_assets.io import frame, read_rescored, verdict_counts
 from wycryst_assets.partitions import targets_partitions
 from wycryst_assets.plots import markdown_table, rounded_rows
 from wycryst_assets.resources import ComputeResource
 from wycryst_assets.versions import source_version
-from wycryst_assets.warehouse import read_table, replace_partition
+from wycryst_assets.warehouse import replace_partition
 
 REFINED_SCHEMA = {
     "target": pl.String, "formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String, "gene_key": pl.String,
@@ -22,6 +22,7 @@ REFINED_SCHEMA = {
     "energy": pl.Float64, "energy_per_atom": pl.Float64, "formation_energy_per_atom": pl.Float64,
     "relative_energy_per_atom": pl.Float64, "rank_in_formula": pl.Int32,
     "mlip_formation_energy_per_atom": pl.Float64, "mlip_e_above_hull": pl.Float64, "mlip_rank_in_formula": pl.Int32,
+    "mlip_model": pl.String,
     "max_force": pl.Float64, "steps": pl.Int32, "sg_before": pl.Int32, "sg_after": pl.Int32,
     "symmetry_kept": pl.Boolean, "n_atoms": pl.Int32, "lattice": pl.String, "mlip_lattice": pl.String,
     "seconds": pl.Float64, "cpu_seconds": pl.Float64, "energy_note": pl.String, "refined_cif": pl.String,
@@ -51,9 +52,9 @@ class RefinedStructuresConfig(dg.Config):
     group_name="structures",
     kinds={"gpaw", "duckdb"},
     partitions_def=targets_partitions,
-    deps=[relaxed_structures],
+    deps=[rescored_structures],
     code_version=source_version(__name__),
-    description="PBE refinement of the MLIP's best candidates (lowest E_hull first, within a threshold, one per "
+    description="PBE refinement of the cascade decider's best candidates (rescored_structures, lowest E_hull first, within a threshold, one per "
     "distinct crystal): GPAW relax or single point here, VASP on clusters; E_f against the engine's own elemental "
     "references, energy relative to the lowest refined structure of each formula; DuckDB `refined_structures`.",
 )
@@ -65,8 +66,7 @@ def refined_structures(context: dg.AssetExecutionContext, config: RefinedStructu
 
     key = context.partition_key
     with warehouse.get_connection() as conn:
-        best = read_table(conn, "SELECT * FROM relaxed_structures WHERE target = ? AND best_trial "
-                          "AND verdict = 'converged' ORDER BY e_above_hull NULLS LAST, energy_per_atom", [key])
+        best = read_rescored(conn, key, "AND verdict = 'converged' ORDER BY e_above_hull NULLS LAST, energy_per_atom")
     taken, skipped = refinement_candidates(
         best, max_structures=config.max_structures, max_e_above_hull=config.max_e_above_hull,
         max_atoms=config.max_atoms, mode=config.mode, relax_max_atoms=config.relax_max_atoms)
@@ -86,7 +86,7 @@ def refined_structures(context: dg.AssetExecutionContext, config: RefinedStructu
                                              cache_dir=settings.artifacts_dir() / "gpaw_references",
                                              timeout_s=config.timeout_s, log=context.log.info)
     rows = refined_rows(results, tasks, row_of, skipped, engine=config.engine, references=references,
-                        reference_note=note, mlip_rank=rank_in_formula(best, "formation_energy_per_atom"))
+                        reference_note=note, mlip_rank=rank_in_formula(best, "formation_energy_per_atom", ("formula", "energy_model")))
     df = frame([dict(r, target=key) for r in rows], REFINED_SCHEMA)
     with warehouse.get_connection() as conn:
         replace_partition(conn, "refined_structures", key, df)
@@ -105,7 +105,7 @@ def _metadata(df: pl.DataFrame, config: RefinedStructuresConfig, dft_settings: d
             f"computed with the same settings ({note or 'none'}); MP's references, MP2020 and the snapshot hull "
             "do not apply. `relative_energy_per_atom` is to the lowest refined structure of the same formula."),
         "dft_vs_mlip": dg.MetadataValue.md(markdown_table(rounded_rows(done.select(
-            "formula", "space_group", "mode", "verdict", "rank_in_formula", "mlip_rank_in_formula",
+            "formula", "space_group", "mode", "verdict", "rank_in_formula", "mlip_rank_in_formula", "mlip_model",
             "relative_energy_per_atom", "formation_energy_per_atom", "mlip_formation_energy_per_atom",
             "symmetry_kept", "lattice", "cpu_seconds").to_dicts()))),
         "core_seconds": dg.MetadataValue.float(round(float(df["cpu_seconds"].sum() or 0.0), 1)),

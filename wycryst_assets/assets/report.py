@@ -5,6 +5,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from wycryst_assets.assets.refinement import refined_structures
+from wycryst_assets.assets.rescoring import rescored_structures
 from wycryst_assets.assets.sampling import filtered_genes
 from wycryst_assets.assets.structures import relaxed_structures
 from wycryst_assets.automation import REPORT_AUTOMATION
@@ -12,7 +13,7 @@ from wycryst_assets.io import frame
 from wycryst_assets.partitions import current_registry, targets_partitions
 from wycryst_assets.plots import markdown_table
 from wycryst_assets.versions import source_version
-from wycryst_assets.warehouse import read_table, replace_partition, table_exists
+from wycryst_assets.warehouse import read_partition, read_table, replace_partition, table_exists
 
 REPORT_SCHEMA = {
     "target": pl.String, "task": pl.String, "recovered": pl.Boolean, "sampled": pl.Boolean, "passed": pl.Boolean,
@@ -23,7 +24,13 @@ REPORT_SCHEMA = {
     "formation_energy_per_atom": pl.Float64, "e_above_hull": pl.Float64, "why_not": pl.String,
     "dft_engine": pl.String, "dft_genes_of_formula": pl.Int32, "dft_ground_state_rank": pl.Int32,
     "dft_relative_energy_per_atom": pl.Float64, "dft_lattice_max_error": pl.Float64, "dft_relaxed_lattice": pl.String,
-    "ground_state_rank_source": pl.String, "lattice_source": pl.String, "best_trial_origin": pl.String,
+    "ground_state_rank_source": pl.String, "lattice_source": pl.String, "ground_state_rank_note": pl.String,
+    "best_trial_origin": pl.String,
+    "energy_model": pl.String, "fast_model": pl.String, "decider_model": pl.String,
+    "ground_state_rank_fast": pl.Int32, "ground_state_margin_mev_fast": pl.Float64, "nearest_rival_fast": pl.String,
+    "ground_state_rank_decider": pl.Int32, "ground_state_margin_mev_decider": pl.Float64,
+    "nearest_rival_decider": pl.String, "decider_genes_of_formula": pl.Int32,
+    "fast_formation_energy_per_atom": pl.Float64, "fast_e_above_hull": pl.Float64,
 }
 
 
@@ -35,12 +42,14 @@ class LooReportConfig(dg.Config):
     group_name="report",
     kinds={"duckdb"},
     partitions_def=targets_partitions,
-    deps=[filtered_genes, relaxed_structures, refined_structures],
+    deps=[filtered_genes, relaxed_structures, rescored_structures, refined_structures],
     pool="duckdb_writer",
     code_version=source_version(__name__),
     automation_condition=REPORT_AUTOMATION,
     description="One row per leave-one-out partition: held-out gene sampled / passed / relaxed, SG kept, "
-    "relaxed lattice vs the registry's (experimental preferred), ground-state rank by E_f, `recovered`; "
+    "relaxed lattice vs the registry's (experimental preferred), ground-state rank by E_f by the fast model "
+    "and by the decider (rescored_structures) with the margin to the nearest rival crystal (meV/atom), "
+    "`recovered` by the decider's rank where it rescored the held-out gene (else the fast model's, noted); "
     "DFT (refined_structures) decides rank and lattice where it covers the held-out gene; "
     "plus a markdown summary across all partitions.",
 )
@@ -56,12 +65,15 @@ def loo_report(context: dg.AssetExecutionContext, config: LooReportConfig, wareh
         best = read_table(conn, "SELECT * FROM relaxed_structures WHERE target = ? AND best_trial", [key])
         refined = read_table(conn, "SELECT * FROM refined_structures WHERE target = ? AND energy_per_atom IS NOT NULL",
                              [key]) if table_exists(conn, "refined_structures") else None
-    row = loo_verdict(target, filt, best, refined, lattice_tolerance=config.lattice_tolerance)
+        rescored = read_partition(conn, "rescored_structures", key)  # None: the fast model decides (noted)
+    row = loo_verdict(target, filt, best, refined, rescored, lattice_tolerance=config.lattice_tolerance)
     with warehouse.get_connection() as conn:
         replace_partition(conn, "loo_report", key, frame([row], REPORT_SCHEMA))
         everything = read_table(conn, "SELECT target, task, recovered, sampled, passed, relaxed, sg_kept, "
                                 "round(lattice_max_error, 4) AS lattice_err, lattice_source, ground_state_rank AS gs_rank, "
-                                "ground_state_rank_source AS gs_source, why_not FROM loo_report ORDER BY target")
+                                "ground_state_rank_source AS gs_source, ground_state_rank_fast AS gs_fast, "
+                                "ground_state_margin_mev_fast AS margin_fast_mev, ground_state_rank_decider AS gs_decider, "
+                                "ground_state_margin_mev_decider AS margin_decider_mev, why_not FROM loo_report ORDER BY target")
     return dg.MaterializeResult(metadata={
         "recovered": dg.MetadataValue.bool(row["recovered"]),
         "why_not": row["why_not"] or "-",

@@ -1,5 +1,7 @@
 """``trial_structures``, ``relaxed_structures``, ``phonon_verdicts``: the paper's DFT workflow with
-an MLIP (CHGNet default), run locally or on Slurm through the ``compute`` resource."""
+MLIPs (the fast relaxer, CHGNet by default, on every trial; phonons with the phonon model on the
+decider's candidates from ``rescored_structures``), run locally or on Slurm through the
+``compute`` resource."""
 
 from typing import Literal, Optional
 
@@ -7,13 +9,14 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from dft.model_choice import DEFAULT_PHONON_MODEL, DEFAULT_RELAXER
 from dft.relax import RELAXERS
 from ml.selection import Selection
 from wycryst_assets import settings
 from wycryst_assets.assets.sampling import filtered_genes
 from wycryst_assets.assets.snapshot import mp_snapshot
 from wycryst_assets.cpu import cpu_budget
-from wycryst_assets.io import frame, load_model_manifest, verdict_counts
+from wycryst_assets.io import frame, load_model_manifest, read_rescored, verdict_counts
 from wycryst_assets.partitions import current_registry, targets_partitions
 from wycryst_assets.plots import bar_chart_markdown, markdown_table, rounded_rows
 from wycryst_assets.resources import ComputeResource
@@ -45,6 +48,7 @@ PHONON_SCHEMA = {
     "trial": pl.Int32, "verdict": pl.String, "min_frequency_thz": pl.Float64, "where_min": pl.String,
     "reason": pl.String, "supercell": pl.String, "n_displacements": pl.Int32, "seconds": pl.Float64,
     "cpu_seconds": pl.Float64, "band_png": pl.String, "vasp_dfpt_dir": pl.String,
+    "phonon_model": pl.String, "energy_model": pl.String, "pre_relax_verdict": pl.String,
 }
 
 
@@ -133,7 +137,7 @@ class RelaxedStructuresConfig(dg.Config):
     """Symmetry-constrained relaxation (FixSymmetry + FrechetCellFilter + FIRE) of every built trial."""
 
     # a dft.relax.MODELS name: chgnet, sevennet-0, sevennet-l3i5, sevennet-mf0
-    relaxer: Literal[tuple(RELAXERS)] = "chgnet"
+    relaxer: Literal[tuple(RELAXERS)] = DEFAULT_RELAXER  # the cascade's fast model (dft.model_choice)
     fmax: float = 0.05  # eV/Angstrom, atoms and cell
     max_steps: int = 300
     # centred cells (I/F/C/A/R) relaxed in their primitive cell (same result, 1.4-2.5x faster
@@ -224,9 +228,14 @@ def _relative_ef_chart(best: pl.DataFrame, key: str) -> str:
 
 
 class PhononVerdictsConfig(dg.Config):
-    """Phonopy finite displacements with the relaxation's potential on the best trial per gene."""
+    """Phonopy finite displacements with ``phonon_model`` on the decider's best structure per gene."""
 
-    max_e_above_hull: Optional[float] = 0.2  # eV/atom; genes above it are skipped (recorded); None: no limit
+    # a dft.relax.MODELS name; default: the lowest public kappa_SRME available (dft.model_choice). A
+    # structure relaxed by another model is relaxed with this one first (relax_fmax, relax_max_steps)
+    phonon_model: Literal[tuple(RELAXERS)] = DEFAULT_PHONON_MODEL
+    relax_fmax: float = 0.05
+    relax_max_steps: int = 300
+    max_e_above_hull: Optional[float] = 0.2  # eV/atom (decider's); above: skipped (recorded); None: no limit
     only_novel: bool = False
     max_structures: int = 10  # lowest E_hull first
     supercell_min_length: float = 10.0  # Angstrom
@@ -239,11 +248,11 @@ class PhononVerdictsConfig(dg.Config):
     group_name="structures",
     kinds={"phonopy", "duckdb"},
     partitions_def=targets_partitions,
-    deps=[relaxed_structures],
+    deps=[dg.AssetKey("rescored_structures")],
     code_version=source_version(__name__),
-    description="Dynamic stability of the lowest-energy relaxed structure per gene: stable / unstable "
-    "(min frequency and where) / failed / skipped (with the reason); DuckDB `phonon_verdicts`, band "
-    "structures as plots.",
+    description="Dynamic stability of the decider's structure per gene (rescored_structures, lowest E_hull "
+    "first) with the phonon model (config `phonon_model`): stable / unstable (min frequency and where) / "
+    "failed / skipped (with the reason); DuckDB `phonon_verdicts`, band structures as plots.",
 )
 def phonon_verdicts(context: dg.AssetExecutionContext, config: PhononVerdictsConfig,
                     warehouse: DuckDBResource, compute: ComputeResource):
@@ -253,33 +262,38 @@ def phonon_verdicts(context: dg.AssetExecutionContext, config: PhononVerdictsCon
 
     key = context.partition_key
     with warehouse.get_connection() as conn:
-        best = read_table(conn, "SELECT * FROM relaxed_structures WHERE target = ? AND best_trial "
-                          "ORDER BY e_above_hull NULLS LAST, energy_per_atom", [key])
+        best = read_rescored(conn, key, "ORDER BY e_above_hull NULLS LAST, energy_per_atom")
     taken, skipped = phonon_candidates(best, max_e_above_hull=config.max_e_above_hull, only_novel=config.only_novel,
                                        max_structures=config.max_structures)
     base = settings.artifacts_dir() / "phonon_verdicts" / key
     tasks, row_of = phonon_tasks(taken, base, supercell_min_length=config.supercell_min_length,
-                                 code=source_version("dft.phonons") + source_version("dft.relax"))
-    context.log.info(f"{key}: phonons for {len(tasks)} of {best.height} relaxed genes")
+                                 code=source_version("dft.phonons") + source_version("dft.relax"), model=config.phonon_model,
+                                 relax_fmax=config.relax_fmax, relax_max_steps=config.relax_max_steps)
+    context.log.info(f"{key}: phonons with {config.phonon_model} for {len(tasks)} of {best.height} genes")
     with cpu_budget(context) as threads:
         results = run_tasks(phonon_task, tasks, compute.config(base / "submitit", threads), base / "results",
                             log=context.log.info)
-    rows = phonon_rows(results, row_of, skipped)
+    rows = phonon_rows(results, row_of, skipped, tasks)
     if config.write_vasp_dfpt:
         rows = write_dfpt_for(rows, base / "vasp_dfpt", config.supercell_min_length)
     df = frame([dict(r, target=key) for r in rows], PHONON_SCHEMA)
     with warehouse.get_connection() as conn:
         replace_partition(conn, "phonon_verdicts", key, df)
-    return dg.MaterializeResult(metadata=_phonon_metadata(df, len(tasks)))
+    return dg.MaterializeResult(metadata=_phonon_metadata(df, len(tasks), config.phonon_model, best))
 
 
-def _phonon_metadata(df: pl.DataFrame, computed: int) -> dict:
+def _phonon_metadata(df: pl.DataFrame, computed: int, model: str, best: pl.DataFrame) -> dict:
     from pathlib import Path
 
+    from dft.model_choice import PHONON_MODEL_REASON
+    from dft.rescoring import decided_models
     from ml.plots import png_markdown
 
     meta = {
         "computed": dg.MetadataValue.int(computed),
+        "phonon_model": model,
+        "phonon_model_default_because": PHONON_MODEL_REASON,
+        "candidates_decided_by": decided_models(best),
         "verdicts": dg.MetadataValue.md(markdown_table(verdict_counts(df))),
         "results": dg.MetadataValue.md(markdown_table(rounded_rows(df.filter(pl.col("verdict") != "skipped").select(
             "formula", "space_group", "wyckoff", "verdict", "min_frequency_thz", "where_min").to_dicts()))),
