@@ -1,0 +1,385 @@
+"""Energy models against MP's DFT: which MLIP should relax, which should decide, on this
+platform's own code path.
+
+    .venv/bin/python benchmarks/energy_models.py [--models chgnet,sevennet-0,...] [--n N] [--seed 0]
+        [--gpaw-pairs 30] [--workers 2] [--results-dir .wycryst/energy_models] [--json PATH]
+        [--score-only]
+
+What it does (every step resumable: per-task result files under ``--results-dir``):
+
+1. Selection (``dft.energy_benchmark.select_materials``, seeded, fixed): every formula of the
+   snapshot with >= 2 polymorphs among cells of <= 20 sites (MP's cells are primitive; 1,247
+   formulas, 3,088 materials: 1,746 ternary, 1,164 binary, the rest unary/quaternary+), as whole
+   groups, plus 10 % single-polymorph materials (3/4 ternary, 1/4 binary) -> 3,431 materials,
+   ~56 % ternary. ``--n`` below that takes a seeded subset of whole polymorph groups stratified by
+   number of elements (+ 10 % single-polymorph materials), e.g. ``--n 40`` to validate.
+   Why all groups: the per-relaxation cost measured first on MP's own (already relaxed)
+   structures (20 random polymorph materials, serial relaxer, one thread, load ~7 on the 2 cores):
+   CHGNet 0.95, SevenNet-0 1.74, SevenNet-l3i5 2.84, SevenNet-MF-0 1.67 core-s per relaxation
+   (median 4-6 FIRE steps from a DFT minimum) -> 7.2 core-s per material for all four models,
+   3,431 x 7.2 = 24.7k core-s = 3.4 h of the 2 cores with the serial relaxer (less with the
+   batched one): about the 3 h budget, so every polymorph group is in.
+2. Relaxation: each model relaxes MP's structure with the platform's relaxer
+   (``dft.pipeline.relax_task``: FixSymmetry + FrechetCellFilter + FIRE, fmax 0.05, centred cells
+   in their primitive cell) through ``dft.hpc.run_tasks`` (one result file per model x material).
+3. Scoring (``dft.energy_benchmark.score_material_task`` -> ``dft.pipeline.score_relaxations``):
+   MP2020 correction for raw-scale models (registry ``energy_scale``), E_f against MP's elemental
+   references, E_hull against the snapshot hull **with the material itself excluded** (matbench-
+   discovery style: what a leave-one-out partition sees); MP's E_hull is recomputed against the
+   same hull (``mp_e_hull_loo``), so E_hull MAE and F1 compare like with like.
+4. Metrics per model (``dft.model_metrics``) on the materials every model finished: E_f and
+   E_hull MAE vs MP; stable/unstable F1 at E_hull <= 0 and <= 0.1 eV/atom; polymorph ordering
+   accuracy over every same-formula pair (pairs within 1 meV/atom in MP are ties, not scored), and
+   over pairs closer than 20 meV/atom in MP; lattice error (relative volume error, mean |da/a|,
+   |db/b|, |dc/c| vs MP's cell in the same setting); symmetry kept (spglib at 1e-3 before/after);
+   core-seconds per relaxation (process CPU time of the relaxation itself; model loading
+   excluded); relaxations that ended in another MP polymorph (StructureMatcher); failures.
+5. GPAW (plain PBE, the platform's refinement engine, ``dft.refinement.refine_task``
+   single_point): polymorph pairs of <= 8 sites without MP's Hubbard-U metals or f-block elements
+   (``dft.energy_benchmark.gpaw_pair_materials``), ``--gpaw-pairs`` of them. Single points at
+   **MP's geometry**: one DFT calculation per material serves every model, and MP's structure is a
+   PBE minimum for these U-free compounds, close to GPAW's own (a GPAW relax would cost 10-50x).
+   Per model: the fraction of pairs ordered as GPAW orders them and the MAE of the pair energy
+   difference (model E_f difference vs GPAW energy-per-atom difference; references cancel within
+   a formula); MP's own row shows how far MP's PBE agrees with this GPAW.
+6. ``dft.model_metrics.rank_models`` picks fast / decider / phonon models (rule in its docstring).
+
+Prints one table (rows = models) and writes ``--json`` (default benchmarks/results/energy_models.json)
+with the table, every metric, the selection rule and numbers, uptime at start and end and the wall
+time; per-material rows go to ``<results-dir>/rows.jsonl`` (outside the tracked tree).
+``--score-only`` skips missing relaxations / single points and scores what exists (partial numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dft import model_metrics as mm  # noqa: E402
+from dft.energy_benchmark import gpaw_pair_materials, score_material_task, select_materials  # noqa: E402
+from dft.hpc import ComputeConfig, read_result, run_tasks  # noqa: E402
+
+SHARED = Path(os.environ.get("WYCRYST_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEFAULT_MODELS = ("chgnet", "sevennet-0", "sevennet-l3i5", "sevennet-mf0")
+CLOSE_PAIR = 0.020  # eV/atom
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return f"load average {os.getloadavg()}"
+
+
+def digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def load_snapshot(path: Path) -> dict[str, dict]:
+    import pyarrow.parquet as pq
+
+    cols = ["material_id", "formula_pretty", "nelements", "nsites", "formation_energy_per_atom",
+            "energy_above_hull", "symmetry_number", "cif"]
+    return {r["material_id"]: r for r in pq.read_table(path, columns=cols).to_pylist()}
+
+
+def write_mp_cifs(snapshot: dict, ids, directory: Path) -> dict[str, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for mid in ids:
+        path = directory / f"{mid}.cif"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(snapshot[mid]["cif"])
+            tmp.replace(path)
+        paths[mid] = str(path)
+    return paths
+
+
+def check_models(models: list[str]) -> dict[str, str]:
+    """model -> energy scale; a clear exit for an unknown model or missing weights."""
+    from dft import pipeline, relax
+
+    scales = {}
+    for m in models:
+        try:
+            if hasattr(relax, "require_weights"):
+                relax.require_weights(m)
+            relax.get_relaxer(m)
+        except (ValueError, FileNotFoundError) as exc:
+            sys.exit(f"model {m!r}: {exc}")
+        scales[m] = pipeline.ENERGY_SCALE.get(m, "mp_raw")
+    return scales
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def run_relaxations(models, ids, cif_paths, args, out: Path) -> dict[str, dict[str, dict]]:
+    from dft.pipeline import relax_task
+
+    settings = {"fmax": args.fmax, "max_steps": args.max_steps, "primitive": True}
+    rdir = out / "relax" / digest(settings)
+    rdir.mkdir(parents=True, exist_ok=True)
+    (rdir / "settings.json").write_text(json.dumps(settings))
+    tasks = {f"{m}|{mid}": {"cif_path": cif_paths[mid], "relaxer": m, **settings,
+                            "out_cif": str(rdir / "cifs" / m / f"{mid}.cif")}
+             for mid in ids for m in models}  # material-major: a partial run covers all models
+    if args.score_only:
+        results = {k: r for k in tasks if (r := read_result(rdir, k)) is not None}
+    else:
+        config = ComputeConfig(mode="local", max_workers=args.workers, chunk_size=len(models) * 2, threads_per_task=1)
+        results = run_tasks(relax_task, tasks, config, rdir, log=log)
+    by_model: dict[str, dict[str, dict]] = {m: {} for m in models}
+    for key, r in results.items():
+        m, mid = key.split("|", 1)
+        by_model[m][mid] = r
+    return by_model
+
+
+def run_scoring(models, ids, relaxed, snapshot, cif_paths, args, out: Path) -> dict[str, dict]:
+    """material -> {"mp_e_hull_loo", "rows": {model: scored row}} for materials every model finished."""
+    refs = str(Path(os.environ.get("WYCRYST_ELEMENTAL_REFS", SHARED / "mp-elemental-reference-entries.json.gz")))
+    tasks = {}
+    for mid in ids:
+        if not all(mid in relaxed[m] for m in models):
+            continue
+        rows = [{**relaxed[m][mid], "relaxer": relaxed[m][mid].get("relaxer") or m, "model": m} for m in models]
+        payload = {"material_id": mid, "formula": snapshot[mid]["formula_pretty"],
+                   "mp_formation_energy": snapshot[mid]["formation_energy_per_atom"], "mp_cif_path": cif_paths[mid],
+                   "snapshot": str(args.snapshot), "references": refs, "rows": rows}
+        tasks[f"{mid}|{digest(rows)}"] = payload
+    config = ComputeConfig(mode="local", max_workers=args.workers, chunk_size=20, threads_per_task=1)
+    results = run_tasks(score_material_task, tasks, config, out / "scored", log=log)
+    scored = {}
+    for key, r in results.items():
+        if "rows" not in r:
+            log(f"scoring {key} failed: {r.get('reason')}")
+            continue
+        scored[r["material_id"]] = {"mp_e_hull_loo": r["mp_e_hull_loo"], "rows": {row["model"]: row for row in r["rows"]}}
+    return scored
+
+
+def run_gpaw(pair_ids, cif_paths, args, out: Path) -> dict[str, dict]:
+    from dft.refinement import refine_task
+
+    if not pair_ids:
+        return {}
+    settings: dict = {}  # the refinement engine's defaults: PBE, 600 eV, k-density 3.5/A^-1
+    gdir = out / "gpaw" / digest({"settings": settings, "mode": "single_point"})
+    tasks = {mid: {"cif_path": cif_paths[mid], "engine": "gpaw", "mode": "single_point",
+                   "workdir": str(gdir / "work" / mid), "settings": settings, "timeout_s": args.gpaw_timeout}
+             for mid in pair_ids}
+    if args.score_only:
+        return {k: r for k in tasks if (r := read_result(gdir, k)) is not None}
+    config = ComputeConfig(mode="local", max_workers=args.workers, chunk_size=1, threads_per_task=1)
+    return run_tasks(refine_task, tasks, config, gdir, log=log)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _mean(values):
+    values = mm.finite_values(values)
+    return statistics.fmean(values) if values else None
+
+
+def summarize_model(model, scored, snapshot, gpaw_energy, pair_formulas) -> dict:
+    rows = {mid: s["rows"][model] for mid, s in scored.items()}
+    formulas = {mid: snapshot[mid]["formula_pretty"] for mid in rows}
+    ef = {mid: r.get("formation_energy_per_atom") for mid, r in rows.items()}
+    eh = {mid: r.get("e_above_hull") for mid, r in rows.items()}
+    mp_ef = {mid: snapshot[mid]["formation_energy_per_atom"] for mid in rows}
+    mp_eh = {mid: scored[mid]["mp_e_hull_loo"] for mid in rows}
+    verdicts = Counter(r["verdict"] for r in rows.values())
+    not_scored = [mid for mid, r in rows.items() if r["verdict"] in ("converged", "not_converged") and ef[mid] is None]
+    ef_mae, n_ef = mm.mean_absolute_error(ef, mp_ef)
+    eh_mae, _ = mm.mean_absolute_error(eh, mp_eh)
+    order_all = mm.pair_ordering(mp_ef, ef, formulas)
+    order_close = mm.pair_ordering(mp_ef, ef, formulas, close_within=CLOSE_PAIR)
+    cpu = [r.get("cpu_seconds") for r in rows.values() if r["verdict"] in ("converged", "not_converged")]
+    relaxed_into_rival = sum(1 for mid, r in rows.items()
+                             if r.get("matched_material_id") and r["matched_material_id"] != mid)
+    out = {
+        "model": model,
+        "n_materials": len(rows),
+        "n_relaxations": len(rows),
+        "verdicts": dict(verdicts),
+        "n_failed": verdicts.get("failed", 0) + verdicts.get("exploded", 0) + len(not_scored),
+        "n_not_scored": len(not_scored),
+        "not_scored_notes": Counter((rows[m].get("energy_note") or "")[:80] for m in not_scored).most_common(5),
+        "n_scored": n_ef,
+        "ef_mae": ef_mae,
+        "e_hull_mae": eh_mae,
+        "f1_0": mm.stability_f1(eh, mp_eh, 0.0).as_dict(),
+        "f1_0.1": mm.stability_f1(eh, mp_eh, 0.1).as_dict(),
+        "ordering_accuracy": order_all.accuracy,
+        "ordering": order_all.as_dict(),
+        "ordering_close_accuracy": order_close.accuracy,
+        "ordering_close": order_close.as_dict(),
+        "volume_mare": _mean(abs(r["volume_error"]) for r in rows.values() if r.get("volume_error") is not None),
+        "volume_mean_signed": _mean(r.get("volume_error") for r in rows.values()),
+        "abc_mare": _mean(r.get("abc_error") for r in rows.values()),
+        "symmetry_kept": _mean(float(bool(r.get("symmetry_kept"))) for r in rows.values()
+                               if r["verdict"] in ("converged", "not_converged")),
+        "core_seconds_per_relaxation": _mean(cpu),
+        "core_seconds_median": statistics.median(mm.finite_values(cpu)) if mm.finite_values(cpu) else None,
+        "steps_mean": _mean(r.get("steps") for r in rows.values()),
+        "relaxed_into_other_mp_polymorph": relaxed_into_rival,
+    }
+    if gpaw_energy:
+        ids = [m for m in gpaw_energy if m in ef]
+        fm = {m: pair_formulas[m] for m in ids}
+        out["gpaw_ordering"] = mm.pair_ordering(gpaw_energy, ef, fm).as_dict()
+        mae, n = mm.pair_difference_mae(gpaw_energy, ef, fm)
+        out["gpaw_pair_mae"], out["gpaw_n_pairs"] = mae, n
+    return out
+
+
+def fmt(x, spec=".3f", scale=1.0):
+    return "-" if x is None else format(x * scale, spec)
+
+
+def table(summaries: list[dict], mp_gpaw: dict | None) -> str:
+    head = ["model", "n", "fail", "E_f MAE", "E_hull MAE", "F1@0", "F1@0.1", "order all", "order <20meV",
+            "|dV/V|", "|da/a|", "sym kept", "core-s/relax", "GPAW order", "GPAW dE MAE"]
+    lines = [head]
+    for s in summaries:
+        o, oc, go = s["ordering"], s["ordering_close"], s.get("gpaw_ordering") or {}
+        lines.append([
+            s["model"], str(s["n_materials"]), str(s["n_failed"]),
+            fmt(s["ef_mae"], ".1f", 1000), fmt(s["e_hull_mae"], ".1f", 1000),
+            fmt(s["f1_0"]["f1"]), fmt(s["f1_0.1"]["f1"]),
+            f"{fmt(o['accuracy'], '.1%')} ({o['n_pairs']})", f"{fmt(oc['accuracy'], '.1%')} ({oc['n_pairs']})",
+            fmt(s["volume_mare"], ".2%"), fmt(s["abc_mare"], ".2%"), fmt(s["symmetry_kept"], ".1%"),
+            fmt(s["core_seconds_per_relaxation"], ".2f"),
+            f"{fmt(go.get('accuracy'), '.1%')} ({go.get('n_pairs', 0)})" if go else "-",
+            fmt(s.get("gpaw_pair_mae"), ".1f", 1000),
+        ])
+    if mp_gpaw:
+        go = mp_gpaw["ordering"]
+        lines.append(["MP (PBE/+U)", "", "", "", "", "", "", "", "", "", "", "", "",
+                      f"{fmt(go['accuracy'], '.1%')} ({go['n_pairs']})", fmt(mp_gpaw["pair_mae"], ".1f", 1000)])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text) + "\n(MAEs in meV/atom; order = polymorph pairs ordered as MP orders them (n pairs); " \
+        "GPAW = pairs ordered as GPAW PBE orders them / MAE of the pair energy difference)"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated registry names")
+    parser.add_argument("--n", type=int, default=None, help="materials (default: every polymorph group + 10%% fill)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gpaw-pairs", type=int, default=30, help="GPAW polymorph pairs (0: skip GPAW)")
+    parser.add_argument("--gpaw-timeout", type=float, default=1800.0, help="s per GPAW single point")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--fmax", type=float, default=0.05)
+    parser.add_argument("--max-steps", type=int, default=500)
+    parser.add_argument("--results-dir", type=Path, default=REPO / ".wycryst" / "energy_models")
+    parser.add_argument("--snapshot", type=Path, default=SHARED / "mp_snapshot" / "materials.parquet")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "energy_models.json")
+    parser.add_argument("--score-only", action="store_true", help="no new relaxations or single points")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    t0, up0 = time.perf_counter(), uptime()
+    log(f"start: {up0}")
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    scales = check_models(models)
+    snapshot = load_snapshot(args.snapshot)
+    selection = select_materials(list(snapshot.values()), n=args.n, seed=args.seed)
+    ids = selection["material_ids"]
+    log(f"selection: {selection['counts']}")
+    out = args.results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    cif_paths = write_mp_cifs(snapshot, ids, out / "mp_cifs")
+
+    phases = {}
+    t = time.perf_counter()
+    relaxed = run_relaxations(models, ids, cif_paths, args, out)
+    phases["relax_wall_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    scored = run_scoring(models, ids, relaxed, snapshot, cif_paths, args, out)
+    phases["score_wall_s"] = time.perf_counter() - t
+    log(f"{len(scored)}/{len(ids)} materials relaxed by every model and scored")
+
+    gpaw_sel = gpaw_pair_materials([snapshot[m] for m in ids if m in scored], max_pairs=args.gpaw_pairs,
+                                   seed=args.seed) if args.gpaw_pairs > 0 else None
+    t = time.perf_counter()
+    gpaw = run_gpaw(gpaw_sel["material_ids"] if gpaw_sel else [], cif_paths, args, out)
+    phases["gpaw_wall_s"] = time.perf_counter() - t
+    gpaw_energy = {m: r["energy_per_atom"] for m, r in gpaw.items()
+                   if r.get("verdict") == "single_point" and r.get("energy_per_atom") is not None}
+    pair_formulas = {m: snapshot[m]["formula_pretty"] for m in gpaw_energy}
+
+    summaries = [summarize_model(m, scored, snapshot, gpaw_energy, pair_formulas) for m in models]
+    mp_gpaw = None
+    if gpaw_energy:
+        mp_ef = {m: snapshot[m]["formation_energy_per_atom"] for m in gpaw_energy}
+        mae, n = mm.pair_difference_mae(gpaw_energy, mp_ef, pair_formulas)
+        mp_gpaw = {"ordering": mm.pair_ordering(gpaw_energy, mp_ef, pair_formulas).as_dict(), "pair_mae": mae, "n_pairs": n}
+    choice = mm.rank_models({s["model"]: s for s in summaries})
+    text = table(summaries, mp_gpaw)
+    wall = time.perf_counter() - t0
+    up1 = uptime()
+    print(text)
+    print(f"\nmaterials: {len(scored)} scored of {len(ids)} selected ({selection['rule']})")
+    if gpaw_sel:
+        gsec = [r.get("cpu_seconds") for r in gpaw.values() if r.get("verdict") == "single_point"]
+        print(f"GPAW: {len(gpaw_energy)}/{len(gpaw_sel['material_ids'])} single points, {gpaw_sel['n_pairs']} pairs "
+              f"({len(gpaw_sel['formulas'])} formulas of {gpaw_sel['eligible_formulas']} eligible; excluded "
+              f"{gpaw_sel['excluded']}), mean {fmt(_mean(gsec), '.0f')} core-s per single point")
+    for k in ("decider", "fast", "phonon"):
+        print(f"{k}: {choice['reasons'].get(k, choice.get(k))}")
+    print(f"wall {wall / 60:.1f} min; uptime at start: {up0}; at end: {up1}")
+
+    report = {
+        "table": text, "models": summaries, "energy_scales": scales, "choice": choice, "mp_vs_gpaw": mp_gpaw,
+        "public_matbench_discovery": mm.PUBLIC_MATBENCH_DISCOVERY,
+        "selection": {"rule": selection["rule"], "counts": selection["counts"], "seed": args.seed, "n": args.n,
+                      "scored": len(scored)},
+        "gpaw": {k: v for k, v in (gpaw_sel or {}).items() if k != "material_ids"} | {
+            "n_single_points": len(gpaw_energy),
+            "core_seconds_per_single_point": _mean(r.get("cpu_seconds") for r in gpaw.values()),
+            "failed": {m: r.get("reason") for m, r in gpaw.items() if r.get("verdict") != "single_point"},
+            "geometry": "MP's structure (single point)", "settings": "dft.gpaw_engine defaults (PBE, 600 eV, k 3.5/A^-1)"},
+        "settings": {"fmax": args.fmax, "max_steps": args.max_steps, "workers": args.workers,
+                     "hull": "snapshot hull without the material itself (matbench-discovery style)",
+                     "close_pair_eV": CLOSE_PAIR, "tie_tolerance_eV": mm.TIE_TOLERANCE},
+        "wall_s": round(wall, 1), "phases_wall_s": {k: round(v, 1) for k, v in phases.items()},
+        "uptime_start": up0, "uptime_end": up1, "cpus": os.cpu_count(), "score_only": args.score_only,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1, default=str))
+    with open(out / "rows.jsonl", "w") as fh:
+        for mid, s in scored.items():
+            fh.write(json.dumps({"material_id": mid, "formula": snapshot[mid]["formula_pretty"],
+                                 "mp_formation_energy": snapshot[mid]["formation_energy_per_atom"],
+                                 "mp_e_hull": snapshot[mid]["energy_above_hull"], "mp_e_hull_loo": s["mp_e_hull_loo"],
+                                 "gpaw_energy_per_atom": gpaw_energy.get(mid), "rows": s["rows"]}, default=str) + "\n")
+    log(f"wrote {args.json} and {out / 'rows.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()
