@@ -104,11 +104,19 @@ def relax_task(payload: dict) -> dict:
             "cpu_seconds": round(r.cpu_seconds, 3), "relaxer": r.relaxer, "relaxed_cif": out}
 
 
-# Which energies a relaxer returns. CHGNet 0.3.0 is fitted to MPtrj energies with MP2020
-# corrections already applied: correcting again lowers an oxide by its anion correction (measured
-# here: CaTiO3 perovskites came out 0.41 eV/atom below MP's -3.54 eV/atom, exactly 3 x 0.687 / 5).
-# SevenNet-0 is fitted to the raw (uncorrected) MPtrj energies, which MP2020 then corrects.
-ENERGY_SCALE = {"chgnet": "mp2020_corrected", "sevennet": "mp_raw"}
+# Which energies a relaxer returns, from the model registry (dft.relax.MODELS). CHGNet 0.3.0 is
+# fitted to MPtrj energies with MP2020 corrections already applied: correcting again lowers an oxide
+# by its anion correction (measured here: CaTiO3 perovskites came out 0.41 eV/atom below MP's
+# -3.54 eV/atom, exactly 3 x 0.687 / 5). The SevenNet models are fitted to the raw (uncorrected)
+# MPtrj energies, which MP2020 then corrects (tests/test_model_registry.py checks every model's
+# E_f of a snapshot oxide against MP's).
+def _energy_scales() -> dict[str, str]:
+    from dft.relax import MODELS
+
+    return {name: spec.energy_scale for name, spec in MODELS.items()}
+
+
+ENERGY_SCALE = _energy_scales()
 
 
 def score_relaxations(rows: Iterable[dict], *, references: dict[str, float], hull, novelty) -> list[dict]:

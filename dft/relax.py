@@ -252,7 +252,92 @@ class AseRelaxer:
                       f"{state['max_force']:.3f} > fmax {fmax}")
 
 
-# ---- machine-learned potentials, loaded lazily once per process ---------------------------
+# ---- machine-learned potentials: one registry, loaded lazily once per process ----------------
+
+ENERGY_SCALES = ("mp2020_corrected", "mp_raw")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One MLIP whose weights ship inside an installed wheel (never downloaded at run time).
+
+    ``family``: the package that runs it ("chgnet" | "sevennet"); ``checkpoint``: the package's own
+    name for the weights; ``weights``: the file, relative to the package's pretrained folder;
+    ``modal``: the fidelity head of a multi-fidelity model (None otherwise); ``energy_scale``:
+    "mp2020_corrected" when the model's total energies are already on MP's corrected scale,
+    "mp_raw" when they are raw MPtrj (PBE / PBE+U) energies that MP2020 still corrects."""
+
+    name: str
+    family: str
+    checkpoint: str
+    weights: str
+    modal: str | None
+    energy_scale: str
+    description: str
+
+
+def _spec(name, family, checkpoint, weights, modal, energy_scale, description) -> ModelSpec:
+    assert energy_scale in ENERGY_SCALES, energy_scale
+    return ModelSpec(name, family, checkpoint, weights, modal, energy_scale, description)
+
+
+# Energy scales are measured, not assumed: tests/test_model_registry.py relaxes a snapshot oxide
+# with every model and checks E_f (through dft.pipeline.score_relaxations) against MP's within
+# 0.1 eV/atom; applying MP2020 to CHGNet (or leaving it off SevenNet) misses by ~0.3 eV/atom.
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    _spec("chgnet", "chgnet", "0.3.0", "0.3.0/chgnet_0.3.0_e29f68s314m37.pth.tar", None, "mp2020_corrected",
+          "CHGNet 0.3.0 (MPtrj; fitted to MP2020-corrected energies); matbench-discovery F1 0.613"),
+    _spec("sevennet", "sevennet", "7net-0", "SevenNet_0__11Jul2024/checkpoint_sevennet_0.pth", None, "mp_raw",
+          "alias of sevennet-0 (the name older tables carry)"),
+    _spec("sevennet-0", "sevennet", "7net-0", "SevenNet_0__11Jul2024/checkpoint_sevennet_0.pth", None, "mp_raw",
+          "SevenNet-0 11Jul2024 (MPtrj raw energies); matbench-discovery F1 0.724"),
+    _spec("sevennet-l3i5", "sevennet", "7net-l3i5", "SevenNet_l3i5/checkpoint_l3i5.pth", None, "mp_raw",
+          "SevenNet-l3i5 (MPtrj raw energies, l_max 3, 5 layers); matbench-discovery F1 0.760"),
+    _spec("sevennet-mf0", "sevennet", "7net-mf-0", "SevenNet_MF_0/checkpoint_sevennet_mf_0.pth", "PBE", "mp_raw",
+          "SevenNet-MF-0 multi-fidelity (PBE/PBE+U MPtrj + r2SCAN heads), evaluated with the PBE head"),
+)}
+DEFAULT_RELAXER = "chgnet"
+
+_PRETRAINED_DIRS = {"chgnet": ("chgnet", "pretrained"), "sevennet": ("sevenn", "pretrained_potentials")}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registry entry of ``name`` (case-insensitive); ValueError naming the known models."""
+    spec = MODELS.get(str(name).lower())
+    if spec is None:
+        raise ValueError(f"unknown relaxer {name!r}; valid: {', '.join(sorted(MODELS))}")
+    return spec
+
+
+def weights_path(spec: ModelSpec):
+    """Where ``spec``'s weights lie in its installed package (found without importing it)."""
+    import importlib.util
+    from pathlib import Path
+
+    package, folder = _PRETRAINED_DIRS[spec.family]
+    found = importlib.util.find_spec(package)
+    if found is None or not found.origin:
+        return None
+    return Path(found.origin).parent / folder / spec.weights
+
+
+def available_models() -> list[str]:
+    """Registry names whose weights are installed here."""
+    return [name for name, spec in sorted(MODELS.items()) if (p := weights_path(spec)) is not None and p.is_file()]
+
+
+def require_weights(name: str):
+    """The weights file of model ``name``; a clear error (never a download) when it is missing."""
+    spec = model_spec(name)
+    path = weights_path(spec)
+    if path is None or not path.is_file():
+        package = _PRETRAINED_DIRS[spec.family][0]
+        raise FileNotFoundError(
+            f"model {spec.name!r} ({spec.description}): weights {spec.weights!r} not found in the installed "
+            f"{package!r} package ({path or 'package not installed'}); weights are never downloaded at run "
+            f"time. Models available here: {', '.join(available_models()) or 'none'}")
+    return path
+
 
 _MODELS: dict[str, object] = {}
 _MODELS_LOCK = threading.Lock()
@@ -266,57 +351,84 @@ def _cached_model(key: str, load: Callable[[], object]):
         return model
 
 
-def _load_chgnet(model_name: str):
+def _load_chgnet(spec: ModelSpec):
+    require_weights(spec.name)  # before importing the package (seconds) and never a download
     from chgnet.model import CHGNet
 
     with contextlib.redirect_stdout(io.StringIO()):
-        return CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
+        return CHGNet.load(model_name=spec.checkpoint, use_device="cpu", verbose=False)
 
 
-class CHGNetRelaxer(AseRelaxer):
-    """CHGNet (pretrained weights shipped in the wheel, offline) on the CPU."""
+def _load_sevennet(spec: ModelSpec):
+    path = require_weights(spec.name)
+    from sevenn import util
+
+    # a file path: sevenn's name resolver (which downloads some checkpoints) is never reached
+    checkpoint = util.load_checkpoint(str(path))
+    model = checkpoint.build_model()
+    model.set_is_batch_data(False)
+    if spec.modal is not None and spec.modal not in (model.modal_map or {}):
+        raise ValueError(f"model {spec.name!r}: modal {spec.modal!r} not in its heads {sorted(model.modal_map or {})}")
+    return model
+
+
+_LOADERS = {"chgnet": _load_chgnet, "sevennet": _load_sevennet}
+
+
+def load_model(name: str):
+    """The torch model of registry entry ``name`` on the CPU, loaded once per process (aliases
+    sharing one weights file share one instance)."""
+    spec = model_spec(name)
+    return _cached_model(f"{spec.family}:{spec.weights}", lambda: _LOADERS[spec.family](spec))
+
+
+class MLIPRelaxer(AseRelaxer):
+    """An :class:`AseRelaxer` whose calculator is a registry model; ``name`` is the registry name
+    (recorded in every result row, so models with one family stay distinguishable)."""
 
     uses_torch = True
+    family = ""
 
-    def __init__(self, *, model_name: str = "0.3.0", optimizer: str = "FIRE", symprec: float = RELAX_SYMPREC,
+    def __init__(self, model: str | None = None, *, optimizer: str = "FIRE", symprec: float = RELAX_SYMPREC,
                  threads: int | None = 1):
-        super().__init__(self._make_calculator, name="chgnet", optimizer=optimizer, symprec=symprec,
+        self.spec = model_spec(model or self.family)
+        if self.family and self.spec.family != self.family:
+            raise ValueError(f"{type(self).__name__} runs {self.family} models, not {self.spec.name!r}")
+        super().__init__(self._make_calculator, name=self.spec.name, optimizer=optimizer, symprec=symprec,
                          threads=threads)
-        self.model_name = model_name
+
+    def _make_calculator(self):
+        raise NotImplementedError
+
+
+class CHGNetRelaxer(MLIPRelaxer):
+    """CHGNet (pretrained weights shipped in the wheel, offline) on the CPU."""
+
+    family = "chgnet"
 
     def _make_calculator(self):
         from chgnet.model.dynamics import CHGNetCalculator
 
-        model = _cached_model(f"chgnet:{self.model_name}", lambda: _load_chgnet(self.model_name))
+        model = load_model(self.spec.name)
         with contextlib.redirect_stdout(io.StringIO()):  # it prints the device
             return CHGNetCalculator(model=model, use_device="cpu", on_isolated_atoms="ignore")
 
 
-def _load_sevennet(model_name: str):
-    from sevenn import util
+class SevenNetRelaxer(MLIPRelaxer):
+    """SevenNet (``sevennet-0`` by default; checkpoints shipped in the wheel) on the CPU; a
+    multi-fidelity checkpoint runs with its registry ``modal``."""
 
-    checkpoint = util.load_checkpoint(model_name)
-    model = checkpoint.build_model()
-    model.set_is_batch_data(False)
-    return model
+    family = "sevennet"
 
-
-class SevenNetRelaxer(AseRelaxer):
-    """SevenNet (``7net-0`` by default; checkpoint shipped in the wheel) on the CPU."""
-
-    uses_torch = True
-
-    def __init__(self, *, model_name: str = "7net-0", optimizer: str = "FIRE", symprec: float = RELAX_SYMPREC,
-                 threads: int | None = 1):
-        super().__init__(self._make_calculator, name="sevennet", optimizer=optimizer, symprec=symprec,
-                         threads=threads)
-        self.model_name = model_name
+    def __init__(self, model: str | None = None, **kwargs):
+        super().__init__(model or "sevennet", **kwargs)
 
     def _make_calculator(self):
         from sevenn.calculator import SevenNetCalculator
 
-        model = _cached_model(f"sevennet:{self.model_name}", lambda: _load_sevennet(self.model_name))
-        return SevenNetCalculator(model=model, file_type="model_instance", device="cpu")
+        model = load_model(self.spec.name)
+        model.set_is_batch_data(False)  # the batched path may share this instance
+        return SevenNetCalculator(model=model, file_type="model_instance", device="cpu", modal=self.spec.modal)
 
 
 def primitive_cell(structure, symprec: float = RELAX_SYMPREC):
@@ -356,13 +468,14 @@ def relax_primitive(relaxer, structure, *, fmax: float = 0.05, max_steps: int = 
     return result
 
 
-RELAXERS: dict[str, type[AseRelaxer]] = {"chgnet": CHGNetRelaxer, "sevennet": SevenNetRelaxer}
-DEFAULT_RELAXER = "chgnet"
+RELAXER_CLASSES: dict[str, type[MLIPRelaxer]] = {"chgnet": CHGNetRelaxer, "sevennet": SevenNetRelaxer}
+RELAXERS = MODELS  # registry names (kept for callers that list them)
 
 
-def get_relaxer(name: str = DEFAULT_RELAXER, **kwargs) -> AseRelaxer:
-    """A relaxer by name ("chgnet" default, "sevennet"); kwargs go to its constructor."""
-    key = str(name).lower()
-    if key not in RELAXERS:
-        raise ValueError(f"unknown relaxer {name!r}; valid: {', '.join(sorted(RELAXERS))}")
-    return RELAXERS[key](**kwargs)
+def get_relaxer(name: str = DEFAULT_RELAXER, **kwargs) -> MLIPRelaxer:
+    """The relaxer of registry entry ``name`` (see ``MODELS``); kwargs go to its constructor
+    (optimizer, symprec, threads). Unknown names raise ValueError; missing weights raise
+    FileNotFoundError when the model is first used."""
+    spec = model_spec(name)
+    require_weights(spec.name)
+    return RELAXER_CLASSES[spec.family](spec.name, **kwargs)

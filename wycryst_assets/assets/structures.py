@@ -133,7 +133,7 @@ def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresC
 class RelaxedStructuresConfig(dg.Config):
     """Symmetry-constrained relaxation (FixSymmetry + FrechetCellFilter + FIRE) of every built trial."""
 
-    relaxer: str = "chgnet"  # or "sevennet"
+    relaxer: str = "chgnet"  # a dft.relax.MODELS name: chgnet, sevennet-0, sevennet-l3i5, sevennet-mf0
     fmax: float = 0.05  # eV/Angstrom, atoms and cell
     max_steps: int = 300
     # centred cells (I/F/C/A/R) relaxed in their primitive cell (same result, 1.4-2.5x faster
