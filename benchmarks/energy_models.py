@@ -108,7 +108,7 @@ def write_mp_cifs(snapshot: dict, ids, directory: Path) -> dict[str, str]:
     for mid in ids:
         path = directory / f"{mid}.cif"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two runs may share the directory
             tmp.write_text(snapshot[mid]["cif"])
             tmp.replace(path)
         paths[mid] = str(path)
