@@ -30,7 +30,6 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from itertools import combinations
 
 MAX_SITES = 20
 FILL_FRACTION = 0.1  # share of single-polymorph materials in the selection
@@ -173,10 +172,26 @@ def gpaw_pair_materials(rows: Sequence[Mapping], *, max_pairs: int, seed: int = 
             "eligible_formulas": len(eligible), "excluded": dict(excluded)}
 
 
-def gpaw_pairs_by_formula(formulas: Mapping[str, str]) -> list[tuple[str, str]]:
-    from dft.model_metrics import polymorph_pairs
+# ----------------------------------------------------------------------------- relaxation
 
-    return polymorph_pairs(formulas)
+
+def relax_serial_task(payload: dict) -> dict:
+    """:func:`dft.pipeline.relax_task` (one structure, one model call per step), row marked
+    ``relax_path: serial`` so core-seconds of the two paths are never mixed unknowingly."""
+    from dft.pipeline import relax_task
+
+    return {**relax_task(payload), "relax_path": "serial"}
+
+
+def relax_batched_task(items):
+    """:func:`dft.pipeline.relax_batch_task` (many structures in lockstep, one model call per
+    step; ``run_tasks(..., batched=True)``), rows marked ``relax_path: batched``. Same relaxer
+    settings, checks and result fields as the serial path; core-seconds are the structure's share
+    of each batched model call (by atoms) plus its own optimizer work."""
+    from dft.pipeline import relax_batch_task
+
+    for key, row in relax_batch_task(items):
+        yield key, {**row, "relax_path": "batched"}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -248,6 +263,3 @@ def score_material_task(payload: dict) -> dict:
                     row["energy_note"] = (row.get("energy_note") or "") + f"; lattice_failed: {type(exc).__name__}"
     return {"material_id": mid, "mp_e_hull_loo": mp_e_hull, "rows": scored}
 
-
-def group_pairs(ids_by_formula: Mapping[str, Sequence[str]]) -> int:
-    return sum(len(list(combinations(ids, 2))) for ids in ids_by_formula.values())
