@@ -16,6 +16,15 @@ worker or Slurm job dies (killed, timeout, node failure) is resubmitted up to ``
 times for its still-missing tasks, and what remains missing gets a failed row that is returned
 but *not* written, so the next run retries it.
 
+Batched mode (``run_tasks(..., batched=True)``): a chunk's pending tasks go to ONE call,
+``fn(items)`` with ``items = [(key, payload), ...]``, a generator that yields ``(key, result)`` as
+each task finishes (e.g. :func:`dft.pipeline.relax_batch_task`, many relaxations in lockstep with
+one model call per step); each result is written the moment it is yielded, exactly as in the
+per-task mode, so resume and failure rows work the same. If the call raises, every task it had not
+yet yielded gets a failed row with the reason; tasks it never yielded get one too. Chunks hold
+``batch_size`` tasks (default: local mode spreads the tasks evenly over the workers, one batch
+each; slurm mode uses ``chunk_size``, one batch per array element).
+
 Each worker caps its BLAS / OpenMP / torch threads at ``threads_per_task`` (default
 ``cpus_per_task``), so N workers use N x that many cores. Slurm state comes from ``squeue``
 (sacct needs accounting, which small clusters often lack).
@@ -70,6 +79,7 @@ class ComputeConfig:
     folder: Path | str = Path(".wycryst") / "submitit"  # submitit logs and pickles
     slurm_extra: dict[str, Any] = field(default_factory=dict)  # extra #SBATCH options
     poll_seconds: float = 2.0
+    batch_size: int | None = None  # batched mode: tasks per chunk (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.mode not in ("local", "slurm"):
@@ -78,10 +88,24 @@ class ComputeConfig:
             raise ValueError("chunk_size must be >= 1")
         if self.max_resubmits < 0:
             raise ValueError("max_resubmits must be >= 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
 
     @property
     def threads(self) -> int:
         return max(1, self.threads_per_task or self.cpus_per_task)
+
+    def tasks_per_chunk(self, n_tasks: int, batched: bool) -> int:
+        """Chunk size: ``chunk_size``; in batched mode ``batch_size`` or, by default, one batch per
+        local worker (slurm: ``chunk_size`` per array element)."""
+        if not batched:
+            return self.chunk_size
+        if self.batch_size is not None:
+            return self.batch_size
+        if self.mode == "local":
+            workers = self.max_workers or os.cpu_count() or 1
+            return max(1, -(-n_tasks // workers))
+        return self.chunk_size
 
 
 # ---------------------------------------------------------------- result files
@@ -149,28 +173,65 @@ def _limit_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
 
 
-def _run_chunk(fn: TaskFn, items: list[tuple[str, Any]], results_dir: str, threads: int | None = None) -> dict[str, dict]:
+def _run_chunk(fn: TaskFn, items: list[tuple[str, Any]], results_dir: str, threads: int | None = None,
+               batched: bool = False) -> dict[str, dict]:
     """Worker side (a pool process or a Slurm job): run each task whose result is missing and
-    write its result file as soon as it finishes."""
+    write its result file as soon as it finishes (batched: one ``fn`` call for all of them)."""
     if threads:
         _limit_threads(threads)
     out_dir = Path(results_dir)
     results: dict[str, dict] = {}
+    todo = []
     for key, payload in items:
         existing = read_result(out_dir, key)
         if existing is not None:
             results[key] = existing
-            continue
+        else:
+            todo.append((key, payload))
+    if batched:
+        _run_batch(fn, todo, out_dir, results)
+        return results
+    for key, payload in todo:
         try:
-            result = fn(payload)
-            if not isinstance(result, dict):
-                raise TypeError(f"task returned {type(result).__name__}, not dict")
-            json.dumps(result)
+            result = _checked(fn(payload))
         except Exception as exc:  # a failing task is a result row, not a crashed chunk
             result = _failed(f"{type(exc).__name__}: {exc}")
         _write_result(out_dir, key, result)
         results[key] = result
     return results
+
+
+def _checked(result: Any) -> dict:
+    if not isinstance(result, dict):
+        raise TypeError(f"task returned {type(result).__name__}, not dict")
+    json.dumps(result)
+    return result
+
+
+def _run_batch(fn: Callable, todo: list[tuple[str, Any]], out_dir: Path, results: dict[str, dict]) -> None:
+    """One ``fn(todo)`` call yielding ``(key, result)``; each result written as it comes. A raise
+    inside the batch ends it: the tasks it had not finished get failed rows with the reason."""
+    pending = {key for key, _ in todo}
+    reason = "batch returned no result for this task"
+    if todo:
+        try:
+            for key, result in fn(todo):
+                if key not in pending:
+                    continue  # not ours, or already written
+                try:
+                    result = _checked(result)
+                except Exception as exc:
+                    result = _failed(f"{type(exc).__name__}: {exc}")
+                _write_result(out_dir, key, result)
+                results[key] = result
+                pending.discard(key)
+        except Exception as exc:
+            reason = f"batch failed: {type(exc).__name__}: {str(exc).strip()[:500]}"
+    for key, _ in todo:
+        if key in pending:
+            result = _failed(reason)
+            _write_result(out_dir, key, result)
+            results[key] = result
 
 
 # ---------------------------------------------------------------- the driver
@@ -190,9 +251,12 @@ def run_tasks(
     config: ComputeConfig,
     results_dir: Path | str,
     log: LogFn | None = None,
+    *,
+    batched: bool = False,
 ) -> dict[str, dict]:
     """Run ``fn(payload)`` for every task whose result file is missing; return all results
-    (stored ones included), keyed like ``tasks``."""
+    (stored ones included), keyed like ``tasks``. ``batched``: ``fn(items)`` runs a chunk's
+    pending tasks together and yields ``(key, result)`` pairs (see the module docstring)."""
     emit = log or logger.info
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -210,11 +274,10 @@ def run_tasks(
     if not todo:
         return {key: results[key] for key in tasks}
 
-    chunks = [
-        _Chunk(i, todo[start : start + config.chunk_size])
-        for i, start in enumerate(range(0, len(todo), config.chunk_size))
-    ]
-    backend = _SlurmBackend(fn, config, results_dir) if config.mode == "slurm" else _LocalBackend(fn, config, results_dir)
+    size = config.tasks_per_chunk(len(todo), batched)
+    chunks = [_Chunk(i, todo[start : start + size]) for i, start in enumerate(range(0, len(todo), size))]
+    backend_cls = _SlurmBackend if config.mode == "slurm" else _LocalBackend
+    backend = backend_cls(fn, config, results_dir, batched=batched)
     progress = _Progress(len(tasks), emit)
     progress.update(len(results), len(chunks))
     try:
@@ -256,8 +319,8 @@ class _LocalBackend:
 
     what = "local worker"
 
-    def __init__(self, fn: TaskFn, config: ComputeConfig, results_dir: Path) -> None:
-        self.fn, self.results_dir, self.threads = fn, str(results_dir), config.threads
+    def __init__(self, fn: TaskFn, config: ComputeConfig, results_dir: Path, batched: bool = False) -> None:
+        self.fn, self.results_dir, self.threads, self.batched = fn, str(results_dir), config.threads, batched
         self.workers = config.max_workers or os.cpu_count() or 1
         self.pool: cf.ProcessPoolExecutor | None = None
         self.futures: dict[cf.Future, _Chunk] = {}
@@ -271,7 +334,8 @@ class _LocalBackend:
                 ctx = multiprocessing.get_context("spawn")
                 self.pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
             try:
-                self.futures[self.pool.submit(_run_chunk, self.fn, items, self.results_dir, self.threads)] = chunk
+                future = self.pool.submit(_run_chunk, self.fn, items, self.results_dir, self.threads, self.batched)
+                self.futures[future] = chunk
                 return
             except cf.process.BrokenProcessPool:
                 self.pool.shutdown(wait=False, cancel_futures=True)
@@ -387,8 +451,8 @@ class _SlurmBackend:
 
     what = "slurm job"
 
-    def __init__(self, fn: TaskFn, config: ComputeConfig, results_dir: Path) -> None:
-        self.fn, self.config, self.results_dir = fn, config, str(results_dir.resolve())
+    def __init__(self, fn: TaskFn, config: ComputeConfig, results_dir: Path, batched: bool = False) -> None:
+        self.fn, self.config, self.results_dir, self.batched = fn, config, str(results_dir.resolve()), batched
         self.executor = _slurm_executor(config, fn, name=f"wycryst-{getattr(fn, '__name__', 'task')}")
         self.jobs: dict[str, Any] = {}
         self.chunk_of: dict[str, _Chunk] = {}
@@ -402,7 +466,8 @@ class _SlurmBackend:
         self.tasks = tasks
         items = [[(k, tasks[k]) for k in c.keys] for c in chunks]
         n = len(chunks)
-        array = self.executor.map_array(_run_chunk, [self.fn] * n, items, [self.results_dir] * n, [self.config.threads] * n)
+        array = self.executor.map_array(_run_chunk, [self.fn] * n, items, [self.results_dir] * n,
+                                        [self.config.threads] * n, [self.batched] * n)
         for job, chunk in zip(array, chunks):
             self._track(job, chunk)
         while self.jobs:
@@ -421,7 +486,8 @@ class _SlurmBackend:
                 yield chunk, outcome
 
     def resubmit(self, chunk: _Chunk, tasks: dict[str, Any]) -> None:
-        job = self.executor.submit(_run_chunk, self.fn, [(k, tasks[k]) for k in chunk.keys], self.results_dir, self.config.threads)
+        job = self.executor.submit(_run_chunk, self.fn, [(k, tasks[k]) for k in chunk.keys], self.results_dir,
+                                   self.config.threads, self.batched)
         self._track(job, chunk)
 
     def pending(self) -> int:

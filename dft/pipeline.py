@@ -94,14 +94,54 @@ def relax_task(payload: dict) -> dict:
 
     structure = Structure.from_file(payload["cif_path"])
     relaxer = get_relaxer(payload.get("relaxer", "chgnet"))
-    kwargs = {"fmax": float(payload.get("fmax", 0.05)), "max_steps": int(payload.get("max_steps", 500))}
-    if payload.get("primitive", True):
+    settings = _relax_settings(payload)
+    kwargs = {"fmax": settings[1], "max_steps": settings[2]}
+    if settings[3]:
         r = relax_primitive(relaxer, structure, **kwargs)
     else:
         r = relaxer.relax(structure, **kwargs)
+    return relax_row(r, payload)
+
+
+def _relax_settings(payload: dict) -> tuple[str, float, int, bool]:
+    """(relaxer, fmax, max_steps, primitive) of a relax payload, with the defaults."""
+    return (str(payload.get("relaxer", "chgnet")), float(payload.get("fmax", 0.05)),
+            int(payload.get("max_steps", 500)), bool(payload.get("primitive", True)))
+
+
+def relax_row(r, payload: dict) -> dict:
+    """The result dict of one relaxation (per-structure or batched): the relaxed CIF written to
+    ``payload["out_cif"]`` when given."""
     out = write_structure(r.structure, payload["out_cif"]) if r.structure is not None and payload.get("out_cif") else None
     return {**relax_result_fields(r), "converged": bool(r.converged), "seconds": round(r.seconds, 3),
             "cpu_seconds": round(r.cpu_seconds, 3), "relaxer": r.relaxer, "relaxed_cif": out}
+
+
+def relax_batch_task(items: list[tuple[str, dict]]):
+    """Batched :func:`relax_task` for :func:`dft.hpc.run_tasks` (``batched=True``): ``items`` are
+    ``(key, payload)`` pairs with relax_task's payloads; tasks with the same relaxer, fmax,
+    max_steps and primitive setting are relaxed together (:mod:`dft.batch_relax`, one model call
+    per step), and ``(key, result)`` is yielded the moment each finishes, with relax_task's fields.
+    A CIF that cannot be read is a failed row; it does not stop the others. Threads are left as
+    the worker set them (run_tasks caps them at ``threads_per_task``)."""
+    from pymatgen.core import Structure
+
+    from dft.batch_relax import get_batch_relaxer
+
+    groups: dict[tuple, list[tuple[str, dict, object]]] = {}
+    for key, payload in items:
+        try:
+            structure = Structure.from_file(payload["cif_path"])
+        except Exception as exc:
+            yield key, {"verdict": "failed", "reason": f"{type(exc).__name__}: {str(exc).strip()[:500]}"}
+            continue
+        groups.setdefault(_relax_settings(payload), []).append((key, payload, structure))
+    for (relaxer, fmax, max_steps, primitive), members in groups.items():
+        batch = get_batch_relaxer(relaxer, threads=None)
+        for index, result in batch.iter_relax([m[2] for m in members], fmax=fmax, max_steps=max_steps,
+                                              primitive=primitive):
+            key, payload, _ = members[index]
+            yield key, relax_row(result, payload)
 
 
 # Which energies a relaxer returns, from the model registry (dft.relax.MODELS). CHGNet 0.3.0 is

@@ -36,6 +36,7 @@ Decisions, so the numbers in a :class:`RelaxResult` mean one thing:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import sys
@@ -156,6 +157,158 @@ def _min_distance(atoms) -> float:
     return float(d.min()) if len(d) else math.inf
 
 
+def _cached_frechet_filter(atoms):
+    return _cached_filter_class()(atoms)
+
+
+@functools.cache
+def _cached_filter_class():
+    """ASE's ``FrechetCellFilter`` whose generalized forces are computed once per configuration.
+
+    The filter recomputes them (a 3x3 matrix log plus nine ``expm_frechet`` calls, ~5-20 ms) on
+    every ``get_forces``; an optimizer step reads them two or three times at the same positions.
+    The cache is keyed on the atoms' positions and cell, so any change recomputes them."""
+    from ase.filters import FrechetCellFilter
+
+    class CachedFrechetCellFilter(FrechetCellFilter):
+        _key = None
+        _forces = None
+
+        def get_forces(self, **kwargs):
+            key = (self.atoms.positions.tobytes(), np.asarray(self.atoms.cell).tobytes())
+            if kwargs or self._forces is None or key != self._key:
+                forces = super().get_forces(**kwargs)
+                if kwargs:
+                    return forces
+                self._key, self._forces = key, forces
+            return self._forces.copy()
+
+    return CachedFrechetCellFilter
+
+
+class Relaxation:
+    """One structure's symmetry-kept relaxation, advanced one step at a time by a driver.
+
+    The state is exactly the per-structure machinery: an ASE ``Atoms`` with ``FixSymmetry``
+    appended to its constraints, a ``FrechetCellFilter`` over it and the optimizer by name. A
+    driver alternates :meth:`evaluate` (read energy and forces at the current configuration from
+    the calculator -- which computes them, or serves results computed for a whole batch -- then run
+    the convergence and explosion checks) and :meth:`step` (one optimizer step) until ``done``;
+    ``result`` is then the :class:`RelaxResult`. :class:`AseRelaxer` drives one relaxation with a
+    real calculator, :mod:`dft.batch_relax` many in lockstep, so verdicts cannot drift apart.
+    Nothing raises: a failure anywhere finishes the relaxation with verdict "failed"."""
+
+    def __init__(self, structure, calculator, *, name: str, optimizer: str = "FIRE",
+                 symprec: float = RELAX_SYMPREC, fmax: float = 0.05, max_steps: int = 500):
+        from ase import optimize
+        from ase.constraints import FixSymmetry
+
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.cpu_seconds: float | None = None  # a batch driver accounts CPU itself
+        self.input, self.name, self.symprec = structure, name, symprec
+        self.fmax, self.max_steps = float(fmax), int(max_steps)
+        self.energy, self.max_force, self.steps = math.nan, math.nan, 0
+        self.result: RelaxResult | None = None
+        self.atoms = None
+        self.sg_before = None
+        try:
+            self.atoms = _to_atoms(structure)
+            self.n_atoms = len(self.atoms)
+            self.sg_before = space_group_number(self.atoms, symprec)
+            self.atoms.calc = calculator
+            self.atoms.set_constraint(list(self.atoms.constraints) + [FixSymmetry(self.atoms, symprec=symprec)])
+            self.volume0 = self.atoms.get_volume()
+            self.filter = _cached_frechet_filter(self.atoms)
+            self.optimizer = getattr(optimize, optimizer)(self.filter, logfile=None)
+        except Exception as exc:
+            self.fail(exc)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def evaluate(self) -> None:
+        """Energy and generalized forces at the current configuration, then the checks: finish as
+        exploded (non-finite, volume), converged (largest filter row <= fmax) or not converged
+        (max_steps reached; both after the final checks), or stay active for the next step."""
+        if self.done:
+            return
+        try:
+            energy = self.atoms.get_potential_energy()
+            gen_forces = self.filter.get_forces()
+            self.energy = energy
+            if not (math.isfinite(energy) and np.all(np.isfinite(gen_forces))):
+                raise _Exploded("non_finite: energy or forces not finite")
+            self.max_force = float(np.linalg.norm(gen_forces, axis=1).max())
+            ratio = self.atoms.get_volume() / self.volume0
+            if not (1 / VOLUME_RATIO_LIMIT <= ratio <= VOLUME_RATIO_LIMIT):
+                raise _Exploded(f"volume_change: V/V0 = {ratio:.2f}")
+            if self.max_force <= self.fmax or self.steps >= self.max_steps:
+                self._final_checks()
+                if self.max_force <= self.fmax:
+                    self._finish("converged", "")
+                else:
+                    self._finish("not_converged", f"max_steps: {self.steps} steps, max force "
+                                 f"{self.max_force:.3f} > fmax {self.fmax}")
+        except _Exploded as exc:
+            self._finish("exploded", str(exc))
+        except Exception as exc:  # calculator failure: a row, not a crash
+            self.fail(exc)
+
+    def step(self) -> None:
+        """One optimizer step from the evaluated configuration."""
+        if self.done:
+            return
+        try:
+            self.optimizer.step()
+            self.optimizer.nsteps += 1
+            self.steps = self.optimizer.nsteps
+        except Exception as exc:
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """Finish with verdict "failed" and the exception as the reason (a batch driver passes
+        the exception its batched evaluation raised for this structure)."""
+        if isinstance(exc, _Exploded):
+            self._finish("exploded", str(exc))
+        else:
+            self._finish("failed", f"{type(exc).__name__}: {str(exc).strip()[:500]}")
+
+    def _final_checks(self) -> None:
+        e_atom = self.energy / self.n_atoms
+        lo, hi = ENERGY_PER_ATOM_BOUNDS
+        if not lo <= e_atom <= hi:
+            raise _Exploded(f"energy_per_atom: {e_atom:.2f} eV outside [{lo}, {hi}]")
+        if self.max_force > FORCE_LIMIT:
+            raise _Exploded(f"max_force: {self.max_force:.1f} eV/A > {FORCE_LIMIT}")
+        dmin = _min_distance(self.atoms)
+        if dmin < MIN_DISTANCE:
+            raise _Exploded(f"atoms_collapsed: min distance {dmin:.2f} A < {MIN_DISTANCE}")
+
+    def _finish(self, verdict: str, reason: str) -> None:
+        atoms = self.atoms
+        final, sg_after = self.input, None
+        if atoms is not None:
+            try:
+                final = _to_structure(atoms)
+            except Exception:  # never lose the row over a conversion
+                pass
+            sg_after = space_group_number(atoms, self.symprec)
+        n_atoms = len(atoms) if atoms is not None else 0
+        energy = float(self.energy)
+        cpu = self.cpu_seconds if self.cpu_seconds is not None else time.process_time() - self.cpu0
+        self.result = RelaxResult(
+            structure=final, energy=energy, energy_per_atom=energy / max(n_atoms, 1),
+            max_force=float(self.max_force), steps=int(self.steps),
+            converged=verdict == "converged", verdict=verdict, reason=reason,
+            sg_before=self.sg_before, sg_after=sg_after,
+            symmetry_kept=self.sg_before is not None and sg_after == self.sg_before,
+            seconds=time.perf_counter() - self.wall0, relaxer=self.name, cpu_seconds=cpu,
+        )
+        if atoms is not None:
+            atoms.calc = None  # release the calculator (and a batch's served results)
+
+
 class AseRelaxer:
     """Relax with any ASE calculator; ``calculator_factory()`` returns a fresh calculator."""
 
@@ -177,79 +330,20 @@ class AseRelaxer:
     def relax(self, structure, *, fmax: float = 0.05, max_steps: int = 500) -> RelaxResult:
         """Relax positions and cell under the structure's symmetry; never raises for bad physics."""
         with limited_threads(self.threads, torch_too=self.uses_torch):
-            return self._relax(structure, fmax=fmax, max_steps=max_steps)
-
-    def _relax(self, structure, *, fmax: float, max_steps: int) -> RelaxResult:
-        from ase import optimize
-        from ase.constraints import FixSymmetry
-        from ase.filters import FrechetCellFilter
-
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        atoms = _to_atoms(structure)
-        n_atoms = len(atoms)
-        sg_before = space_group_number(atoms, self.symprec)
-        state = {"energy": math.nan, "max_force": math.nan, "steps": 0}
-
-        def finish(verdict: str, reason: str) -> RelaxResult:
             try:
-                final = _to_structure(atoms)
-            except Exception:  # never lose the row over a conversion
-                final = structure
-            sg_after = space_group_number(atoms, self.symprec)
-            energy = float(state["energy"])
-            return RelaxResult(
-                structure=final, energy=energy, energy_per_atom=energy / max(n_atoms, 1),
-                max_force=float(state["max_force"]), steps=int(state["steps"]),
-                converged=verdict == "converged", verdict=verdict, reason=reason,
-                sg_before=sg_before, sg_after=sg_after,
-                symmetry_kept=sg_before is not None and sg_after == sg_before,
-                seconds=time.perf_counter() - wall0, relaxer=self.name,
-                cpu_seconds=time.process_time() - cpu0,
-            )
-
-        try:
-            atoms.calc = self._factory()
-            atoms.set_constraint(list(atoms.constraints) + [FixSymmetry(atoms, symprec=self.symprec)])
-            volume0 = atoms.get_volume()
-            cell_filter = FrechetCellFilter(atoms)
-            opt = getattr(optimize, self.optimizer)(cell_filter, logfile=None)
-
-            def check() -> None:
-                energy = atoms.get_potential_energy()
-                gen_forces = cell_filter.get_forces()
-                state["energy"] = energy
-                if not (math.isfinite(energy) and np.all(np.isfinite(gen_forces))):
-                    raise _Exploded("non_finite: energy or forces not finite")
-                state["max_force"] = float(np.linalg.norm(gen_forces, axis=1).max())
-                ratio = atoms.get_volume() / volume0
-                if not (1 / VOLUME_RATIO_LIMIT <= ratio <= VOLUME_RATIO_LIMIT):
-                    raise _Exploded(f"volume_change: V/V0 = {ratio:.2f}")
-
-            check()
-            for _ in opt.irun(fmax=fmax, steps=max_steps):
-                state["steps"] = opt.nsteps
-                check()
-            state["steps"] = opt.nsteps
-            check()
-
-            e_atom = state["energy"] / n_atoms
-            lo, hi = ENERGY_PER_ATOM_BOUNDS
-            if not lo <= e_atom <= hi:
-                raise _Exploded(f"energy_per_atom: {e_atom:.2f} eV outside [{lo}, {hi}]")
-            if state["max_force"] > FORCE_LIMIT:
-                raise _Exploded(f"max_force: {state['max_force']:.1f} eV/A > {FORCE_LIMIT}")
-            dmin = _min_distance(atoms)
-            if dmin < MIN_DISTANCE:
-                raise _Exploded(f"atoms_collapsed: min distance {dmin:.2f} A < {MIN_DISTANCE}")
-        except _Exploded as exc:
-            return finish("exploded", str(exc))
-        except Exception as exc:  # calculator or optimizer failure: a row, not a crash
-            return finish("failed", f"{type(exc).__name__}: {str(exc).strip()[:500]}")
-
-        if state["max_force"] <= fmax:
-            return finish("converged", "")
-        return finish("not_converged", f"max_steps: {state['steps']} steps, max force "
-                      f"{state['max_force']:.3f} > fmax {fmax}")
+                calculator = self._factory()
+            except Exception as exc:
+                calculator, error = None, exc
+            else:
+                error = None
+            run = Relaxation(structure, calculator, name=self.name, optimizer=self.optimizer,
+                             symprec=self.symprec, fmax=fmax, max_steps=max_steps)
+            if error is not None:
+                run.fail(error)
+            while not run.done:
+                run.evaluate()
+                run.step()
+            return run.result
 
 
 # ---- machine-learned potentials: one registry, loaded lazily once per process ----------------
@@ -448,12 +542,18 @@ def relax_primitive(relaxer, structure, *, fmax: float = 0.05, max_steps: int = 
     potential and the same symmetry -- and return it in spglib's standard conventional cell
     (ITA setting) with the energy scaled to that cell, so the result reads exactly like a
     conventional-cell relaxation. Primitive input is relaxed as it is."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
     primitive = primitive_cell(structure)
     if primitive is structure:  # primitive already, or spglib could not analyse it: relax as given
         return relaxer.relax(structure, fmax=fmax, max_steps=max_steps)
-    result = relaxer.relax(primitive, fmax=fmax, max_steps=max_steps)
+    return conventional_result(relaxer.relax(primitive, fmax=fmax, max_steps=max_steps))
+
+
+def conventional_result(result: RelaxResult) -> RelaxResult:
+    """A primitive-cell relaxation reported in spglib's standard conventional cell, the energy
+    scaled to it (the per-atom energy is unchanged); as it is when it carries no usable structure
+    or the refinement finds another cell. The per-structure and batched paths both use this."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
     if result.structure is None or result.verdict not in ("converged", "not_converged"):
         return result
     try:

@@ -32,3 +32,17 @@ def calls_per_name(calls_dir: Path) -> dict[str, int]:
         name = marker.name.rsplit(".", 1)[0]
         counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def record_batch(items: list[tuple[str, dict]]):
+    """Batched counterpart of :func:`record_call` for ``run_tasks(..., batched=True)``: one call
+    for the chunk, yielding ``(key, result)`` per task; a ``raise`` payload ends the whole batch
+    with an exception, a ``crash_once`` payload kills the process (once)."""
+    calls = Path(items[0][1]["calls_dir"]) if items else None
+    if calls is not None:
+        calls.mkdir(parents=True, exist_ok=True)
+        (calls / f"batch.{uuid.uuid4().hex}").touch()
+    for key, payload in items:
+        yield key, record_call({**payload, "raise": False})
+        if payload.get("raise"):
+            raise RuntimeError(f"batch broke after {payload['name']}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dft.hpc import ComputeConfig, _write_result, load_results, read_result, result_path, run_tasks, submit_one
-from hpc_tasks import calls_per_name, record_call
+from hpc_tasks import calls_per_name, record_batch, record_call
 
 
 def make_tasks(calls_dir: Path, n: int, **extra) -> dict[str, dict]:
@@ -74,6 +74,52 @@ def test_local_worker_that_dies_is_replaced_and_its_missing_tasks_rerun(tmp_path
 
     assert [results[k]["square"] for k in tasks] == [0, 1, 4]
     assert calls_per_name(tmp_path / "calls") == {"t0": 1, "t1": 2, "t2": 1}
+
+
+def test_local_batched_mode_writes_one_file_per_task_and_resumes(tmp_path):
+    tasks = make_tasks(tmp_path / "calls", 5)
+    config = ComputeConfig(max_workers=2)  # batched default: one batch per worker
+
+    results = run_tasks(record_batch, tasks, config, tmp_path / "res", batched=True)
+
+    assert [results[k]["square"] for k in tasks] == [0, 1, 4, 9, 16]
+    assert load_results(tmp_path / "res") == results  # one file per task
+    calls = calls_per_name(tmp_path / "calls")
+    assert calls.pop("batch") == 2 and calls == {f"t{i}": 1 for i in range(5)}  # 3 + 2 tasks
+    run_tasks(record_batch, tasks, config, tmp_path / "res", batched=True)
+    assert sum(calls_per_name(tmp_path / "calls").values()) == 7  # nothing recomputed
+
+
+def test_local_batch_that_raises_gives_failed_rows_for_its_unfinished_tasks(tmp_path):
+    tasks = make_tasks(tmp_path / "calls", 4)
+    tasks["SrTiO3|221/{1}"]["raise"] = True  # the batch breaks after t1 has finished
+
+    results = run_tasks(record_batch, tasks, ComputeConfig(max_workers=1), tmp_path / "res", batched=True)
+
+    assert [results[k]["verdict"] for k in tasks] == ["ok", "ok", "failed", "failed"]
+    assert results["SrTiO3|221/{2}"]["reason"] == "batch failed: RuntimeError: batch broke after t1"
+    assert read_result(tmp_path / "res", "SrTiO3|221/{3}") == results["SrTiO3|221/{3}"]  # stored, as a raising task is
+
+
+def test_local_batch_whose_worker_dies_is_resubmitted_for_its_unfinished_tasks(tmp_path):
+    tasks = make_tasks(tmp_path / "calls", 4)
+    tasks["SrTiO3|221/{2}"]["crash_once"] = str(tmp_path / "crashed")  # kills the worker inside the batch
+
+    results = run_tasks(record_batch, tasks, ComputeConfig(max_workers=1, max_resubmits=1), tmp_path / "res",
+                        batched=True)
+
+    assert [results[k]["square"] for k in tasks] == [0, 1, 4, 9]
+    # t0 and t1 were written before the crash: the resubmitted batch redid only t2 and t3
+    assert calls_per_name(tmp_path / "calls") == {"batch": 2, "t0": 1, "t1": 1, "t2": 2, "t3": 1}
+
+
+def test_batch_size_sets_the_chunks():
+    assert ComputeConfig(max_workers=2).tasks_per_chunk(9, batched=True) == 5
+    assert ComputeConfig(max_workers=2, batch_size=3).tasks_per_chunk(9, batched=True) == 3
+    assert ComputeConfig(mode="slurm", chunk_size=8).tasks_per_chunk(100, batched=True) == 8
+    assert ComputeConfig(max_workers=2, chunk_size=4).tasks_per_chunk(9, batched=False) == 4
+    with pytest.raises(ValueError, match="batch_size"):
+        ComputeConfig(batch_size=0)
 
 
 # ------------------------------------------------------------------ against the real Slurm
@@ -162,6 +208,17 @@ def test_slurm_job_killed_midway_resumes_without_redoing_finished_tasks(slurm, t
     assert [results[k]["square"] for k in tasks] == [i * i for i in range(6)]
     calls = calls_per_name(tmp_path / "calls")
     assert all(calls[tasks[k]["name"]] == 1 for k in done_before), calls
+
+
+def test_slurm_batched_array_job_writes_one_file_per_task(slurm, tmp_path):
+    tasks = make_tasks(tmp_path / "calls", 5)
+
+    results = run_tasks(record_batch, tasks, slurm_config(tmp_path, chunk_size=3), tmp_path / "res", batched=True)
+
+    assert [results[k]["square"] for k in tasks] == [0, 1, 4, 9, 16]
+    job_ids = {results[k]["slurm_job_id"] for k in tasks}
+    assert None not in job_ids and len(job_ids) == 2  # one array element per batch of 3
+    assert load_results(tmp_path / "res") == results
 
 
 def test_submit_one_runs_a_single_long_task_as_a_slurm_job(slurm, tmp_path):
