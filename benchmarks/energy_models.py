@@ -2,8 +2,8 @@
 platform's own code path.
 
     .venv/bin/python benchmarks/energy_models.py [--models chgnet,sevennet-0,...] [--n N] [--seed 0]
-        [--gpaw-pairs 30] [--workers 2] [--results-dir .wycryst/energy_models] [--json PATH]
-        [--score-only]
+        [--gpaw-pairs 30] [--workers 2] [--relax-path serial|batched] [--batch 40]
+        [--results-dir .wycryst/energy_models] [--json PATH] [--score-only | --gpaw-only]
 
 What it does (every step resumable: per-task result files under ``--results-dir``):
 
@@ -24,13 +24,18 @@ What it does (every step resumable: per-task result files under ``--results-dir`
    = 3.0 h of the 2 cores: within the ~3 h budget, so every polymorph group is in (the wall time
    is longer on a shared machine).
 2. Relaxation: each model relaxes MP's structure with the platform's relaxer
-   (``dft.pipeline.relax_task``: FixSymmetry + FrechetCellFilter + FIRE, fmax 0.05, centred cells
-   in their primitive cell) through ``dft.hpc.run_tasks`` (one result file per model x material).
+   (FixSymmetry + FrechetCellFilter + FIRE, fmax 0.05, centred cells in their primitive cell)
+   through ``dft.hpc.run_tasks``, one result file per model x material: batched
+   (``dft.pipeline.relax_batch_task``, ``--batch`` materials x every model per chunk) or serial
+   (``dft.pipeline.relax_task``). Result files are keyed by the relax settings, not the path, so a
+   run resumed on the other path keeps what is finished; rows carry ``relax_path``.
 3. Scoring (``dft.energy_benchmark.score_material_task`` -> ``dft.pipeline.score_relaxations``):
    MP2020 correction for raw-scale models (registry ``energy_scale``), E_f against MP's elemental
    references, E_hull against the snapshot hull **with the material itself excluded** (matbench-
    discovery style: what a leave-one-out partition sees); MP's E_hull is recomputed against the
-   same hull (``mp_e_hull_loo``), so E_hull MAE and F1 compare like with like.
+   same hull (``mp_e_hull_loo``), so E_hull MAE and F1 compare like with like. (With one hull for
+   both sides the E_hull error of a material equals its E_f error, so the two MAEs coincide by
+   construction; the F1 scores are where the hull matters.)
 4. Metrics per model (``dft.model_metrics``) on the materials every model finished: E_f and
    E_hull MAE vs MP; stable/unstable F1 at E_hull <= 0 and <= 0.1 eV/atom; polymorph ordering
    accuracy over every same-formula pair (pairs within 1 meV/atom in MP are ties, not scored), and
@@ -306,8 +311,9 @@ def table(summaries: list[dict], mp_gpaw: dict | None) -> str:
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text) + "\n(MAEs in meV/atom; order = polymorph pairs ordered as MP orders them (n pairs); " \
-        "GPAW = pairs ordered as GPAW PBE orders them / MAE of the pair energy difference)"
+    return "\n".join(text) + "\n(MAEs in meV/atom; E_hull vs the snapshot hull without the material, MP's too, so " \
+        "E_hull MAE = E_f MAE by construction; order = polymorph pairs ordered as MP orders them (n pairs); " \
+        "GPAW = pairs ordered as GPAW PBE orders them (n) / MAE of the pair energy difference)"
 
 
 # ----------------------------------------------------------------------------- main

@@ -200,8 +200,8 @@ def rank_models(summaries: Mapping[str, Mapping], *, public: Mapping[str, Mappin
 
     1. Eligible: every metric defined and failures <= ``max_failure_fraction`` of relaxations.
     2. ``decider``: rank eligible models by E_hull MAE (ascending) and by polymorph ordering
-       accuracy (descending); the smallest sum of the two ranks wins; ties go to the lower E_hull
-       MAE, then the higher accuracy. The decider's energies decide E_hull and ground-state
+       accuracy (descending), equal values sharing a rank; the smallest sum of the two ranks wins;
+       ties go to the lower E_hull MAE, then the higher accuracy. The decider's energies decide E_hull and ground-state
        ranks, both of which these two metrics measure.
     3. ``fast``: the eligible model with the fewest core-seconds per relaxation -- unless the
        decider costs at most ``fast_enough_ratio`` x that, in which case the decider relaxes
@@ -225,9 +225,11 @@ def rank_models(summaries: Mapping[str, Mapping], *, public: Mapping[str, Mappin
     if not eligible:
         return {"decider": None, "fast": None, "phonon": None, "eligible": [], "ranks": {}, "reasons": reasons}
 
-    by_mae = sorted(eligible, key=lambda m: summaries[m]["e_hull_mae"])
-    by_order = sorted(eligible, key=lambda m: -summaries[m]["ordering_accuracy"])
-    ranks = {m: {"e_hull_mae": by_mae.index(m) + 1, "ordering": by_order.index(m) + 1} for m in eligible}
+    def rank(m, key, sign):  # competition ranking: equal values share a rank (1, 2, 2, 4)
+        return 1 + sum(sign * summaries[o][key] < sign * summaries[m][key] for o in eligible)
+
+    ranks = {m: {"e_hull_mae": rank(m, "e_hull_mae", 1), "ordering": rank(m, "ordering_accuracy", -1)}
+             for m in eligible}
     decider = min(eligible, key=lambda m: (ranks[m]["e_hull_mae"] + ranks[m]["ordering"],
                                            summaries[m]["e_hull_mae"], -summaries[m]["ordering_accuracy"]))
     d = summaries[decider]

@@ -113,6 +113,11 @@ def test_rank_models_rule():
     choice = mm.rank_models(tie, public={})
     assert choice["decider"] == "a" and choice["fast"] == "a" and choice["phonon"] == "a"
     assert mm.rank_models({"x": _summary(None, 0.9, 1.0)})["decider"] is None
+    # equal accuracies share a rank whatever the input order: the lower MAE wins
+    for order in (("p", "q"), ("q", "p")):
+        same = {"p": _summary(0.020, 0.95, 1.0), "q": _summary(0.010, 0.95, 1.0)}
+        choice = mm.rank_models({k: same[k] for k in order}, public={})
+        assert choice["decider"] == "q" and choice["ranks"]["p"]["ordering"] == choice["ranks"]["q"]["ordering"] == 1
 
 
 # ----------------------------------------------------------------------------- selection on the snapshot
