@@ -48,7 +48,8 @@ def _stratum(nelements: int) -> str:
 
 def select_materials(rows: Sequence[Mapping], *, n: int | None = None, seed: int = 0, max_sites: int = MAX_SITES,
                      fill_fraction: float = FILL_FRACTION) -> dict:
-    """The benchmark's materials from snapshot rows (material_id, formula_pretty, nelements, nsites).
+    """The benchmark's materials from snapshot rows (material_id, formula_pretty, nelements, nsites,
+    formation_energy_per_atom; rows without MP's energy are left out and counted).
 
     Polymorph groups: formulas with >= 2 materials of <= ``max_sites`` sites. ``n=None``: all of
     them, plus ``fill_fraction`` of the total as single-polymorph materials (``n = ceil(n_poly /
@@ -60,7 +61,10 @@ def select_materials(rows: Sequence[Mapping], *, n: int | None = None, seed: int
 
     Returns ``{"material_ids": [...] (seeded order: any prefix is a random subset of the groups),
     "polymorph_formulas": [...], "rule": str, "counts": {...}}``."""
-    small = [r for r in rows if r["nsites"] is not None and r["nsites"] <= max_sites]
+    # a row without MP's energy cannot be scored: left out, and counted
+    no_energy = sum(1 for r in rows if r.get("formation_energy_per_atom", 0.0) is None)
+    small = [r for r in rows if r["nsites"] is not None and r["nsites"] <= max_sites
+             and r.get("formation_energy_per_atom", 0.0) is not None]
     groups: dict[str, list[str]] = defaultdict(list)
     nelem: dict[str, int] = {}
     for r in small:
@@ -119,6 +123,7 @@ def select_materials(rows: Sequence[Mapping], *, n: int | None = None, seed: int
         "single_polymorph_materials": len(fill),
         "by_nelements": {str(k): v for k, v in sorted(_count(by_id[m]["nelements"] for m in ids).items())},
         "ternary_fraction": round(sum(by_id[m]["nelements"] == 3 for m in ids) / max(len(ids), 1), 3),
+        "left_out_without_mp_energy": no_energy,
     }
     return {"material_ids": ids, "polymorph_formulas": sorted(chosen), "rule": rule, "counts": counts}
 
