@@ -2,7 +2,7 @@
 platform's own code path.
 
     .venv/bin/python benchmarks/energy_models.py [--models chgnet,sevennet-0,...] [--n N] [--seed 0]
-        [--gpaw-pairs 30] [--workers 2] [--relax-path serial|batched] [--batch 40]
+        [--gpaw-pairs 20] [--workers 2] [--relax-path serial|batched] [--batch 40]
         [--results-dir .wycryst/energy_models] [--json PATH] [--score-only | --gpaw-only]
 
 What it does (every step resumable: per-task result files under ``--results-dir``):
@@ -50,9 +50,10 @@ What it does (every step resumable: per-task result files under ``--results-dir`
    PBE minimum for these U-free compounds, close to GPAW's own (a GPAW relax would cost 10-50x).
    Per model: the fraction of pairs ordered as GPAW orders them and the MAE of the pair energy
    difference (model E_f difference vs GPAW energy-per-atom difference; references cancel within
-   a formula); MP's own row shows how far MP's PBE agrees with this GPAW. Cost measured: 87 and
-   129 core-s for 4- and 6-site cells (600 eV, k-density 3.5/A^-1; 10-13 min wall at load 12 on the
-   2 cores); 30 pairs (the default) are ~45-55 single points, ~1 h of the 2 cores when idle.
+   a formula); MP's own row shows how far MP's PBE agrees with this GPAW. Cost measured: 87-129
+   core-s for 4-6-site cells, 248 core-s on average over the first 5 single points of <= 8 sites
+   (600 eV, k-density 3.5/A^-1; 10-25 min wall each at load 8-12 on the 2 cores); 20 pairs (the
+   default) are ~25 single points, ~0.9 h of the 2 cores when idle.
    ``--gpaw-only`` runs this step alone (e.g. beside a relaxation run).
 6. ``dft.model_metrics.rank_models`` picks fast / decider / phonon models (rule in its docstring).
 
@@ -324,7 +325,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated registry names")
     parser.add_argument("--n", type=int, default=None, help="materials (default: every polymorph group + 10%% fill)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--gpaw-pairs", type=int, default=30, help="GPAW polymorph pairs (0: skip GPAW)")
+    parser.add_argument("--gpaw-pairs", type=int, default=20, help="GPAW polymorph pairs (0: skip GPAW)")
     parser.add_argument("--gpaw-timeout", type=float, default=1800.0, help="s per GPAW single point")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--relax-path", choices=("serial", "batched"), default=None,
