@@ -24,8 +24,6 @@ same units (eV, eV/Angstrom, eV/Angstrom^3), stress sign and Voigt order, SevenN
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -46,9 +44,13 @@ from dft.relax import (
     require_weights,
 )
 
-# Atoms in one batched model call (sum over the structures in flight). Measured with CHGNet on
-# <= 20-atom primitive trials (benchmarks/batch_relax_benchmark.py --sweep): see DEFAULT notes there.
-DEFAULT_MAX_BATCH_ATOMS = 400
+# Atoms in one batched model call (sum over the structures in flight). Measured with CHGNet on 24
+# <= 20-atom primitive trials, one process, one thread (benchmarks/batch_relax_benchmark.py
+# --sweep; busy machine): core-s per relaxation 3.24 at a cap of 20 atoms (about one structure
+# per call), 2.68 at 100, 2.88 at 400, 2.90 at 1000. On a CPU the per-structure cost of CHGNet
+# barely falls with batch size (bonds and angles, not call overhead, dominate); larger batches
+# only help where the device is wide (GPU).
+DEFAULT_MAX_BATCH_ATOMS = 100
 
 ResultCallback = Callable[[int, RelaxResult], None]
 
@@ -123,7 +125,8 @@ class CHGNetBatch(BatchEvaluator):
     ``CHGNetCalculator.calculate`` returns per structure: pymatgen structure from the Atoms, the
     model's graph converter (isolated atoms ignored, as the per-structure relaxer sets it), total
     energy = energy per atom x atoms, forces = -dE/dx, stress = (1/V) dE/d(strain) in GPa x
-    ``ase.units.GPa`` (the calculator's default ``stress_weight``), ASE sign and Voigt order.
+    ``ase.units.GPa`` (the calculator's default ``stress_weight``) as the same 3x3 matrix the
+    calculator returns (``Atoms.get_stress`` turns either into ASE's Voigt form).
 
     The batch goes through CHGNet's own pieces (``BatchedGraph.from_graphs``, ``CHGNet._compute``
     for the energy, the composition model) but forces and stress come from ONE backward pass

@@ -299,9 +299,26 @@ class NoveltyChecker:
             self._parsed[reduced_formula] = parsed
         return self._parsed[reduced_formula]
 
-    def match(self, structure: Structure) -> tuple[bool, str | None]:
-        """``(is_novel, matched_material_id)``; the first matching snapshot material wins."""
-        for material_id, reference in self.references(structure.composition.reduced_formula):
+    def match(self, structure: Structure) -> tuple[bool | None, str | None]:
+        """``(is_novel, matched_material_id)``; the first matching snapshot material wins.
+        ``is_novel`` is None (unknown) when nothing matched but a snapshot structure of the same
+        reduced formula could not be parsed (see :meth:`check` for the reason)."""
+        novel, material_id, _ = self.check(structure)
+        return novel, material_id
+
+    def check(self, structure: Structure) -> tuple[bool | None, str | None, str]:
+        """``(is_novel, matched_material_id, note)``. A match is a match (``False``, its id);
+        without one the candidate is novel (``True``) only when every snapshot structure of its
+        reduced formula was parsed: a reference that failed to parse could be the same crystal,
+        so the answer is then unknown (``None``) and ``note`` names the unparsed references."""
+        formula = structure.composition.reduced_formula
+        for material_id, reference in self.references(formula):
             if self.matcher.fit(structure, reference):
-                return False, material_id
-        return True, None
+                return False, material_id, ""
+        unparsed = {mid: self.parse_failures[mid] for mid, _ in self._cifs.get(formula, ())
+                    if mid in self.parse_failures}
+        if unparsed:
+            listed = "; ".join(f"{mid}: {why}" for mid, why in sorted(unparsed.items())[:3])
+            return None, None, (f"novelty unknown: {len(unparsed)} snapshot structure(s) of {formula} "
+                                f"could not be parsed ({listed})")
+        return True, None, ""

@@ -164,10 +164,11 @@ def run(job):
 
     energy = float(atoms.get_potential_energy())
     forces = atoms.get_forces()
+    stress_note = None
     try:
         stress = atoms.get_stress(voigt=True).tolist()
-    except Exception:  # non-periodic cells have no stress
-        stress = None
+    except Exception as exc:  # non-periodic cells have no stress; the reason is returned
+        stress, stress_note = None, f"no stress: {type(exc).__name__}: {exc}"[:300]
     atoms.set_constraint()
     return {
         "ok": True,
@@ -175,6 +176,7 @@ def run(job):
         "energy": energy,
         "forces": forces.tolist(),
         "stress": stress,
+        "stress_note": stress_note,
         "max_force": max_atom_force(forces),
         "max_generalized_force": generalized_max,  # atoms + cell rows of the filter (relax only)
         "atoms": atoms_to_dict(atoms),

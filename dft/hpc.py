@@ -498,7 +498,7 @@ class _SlurmBackend:
         for job in list(self.jobs.values()):
             try:
                 job.cancel(check=False)
-            except Exception:
+            except Exception:  # best-effort cleanup of an interrupted driver; no result depends on it
                 pass
         self.jobs.clear()
 

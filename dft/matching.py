@@ -94,3 +94,21 @@ def crystal_ranks(structures, energies=None) -> list[int]:
             crystals.append((s, e, rank))
         ranks.append(rank)
     return ranks
+
+
+def distinct_crystal_ids(structures, energies=None) -> list[int]:
+    """A crystal id per structure (0, 1, ...; in order of first appearance): structures that are
+    the :func:`same_crystal` as an earlier one share its id. Only structures of one reduced
+    formula are compared (others cannot match), so n structures of n formulas cost no matching.
+    ``energies`` per atom, optional, same order."""
+    energies = list(energies) if energies is not None else [None] * len(structures)
+    crystals: dict[str, list] = {}  # reduced formula -> [(representative, energy, id)]
+    ids, next_id = [], 0
+    for s, e in zip(structures, energies):
+        group = crystals.setdefault(s.composition.reduced_formula, [])
+        found = next((i for rep, er, i in group if same_crystal(rep, s, er, e)), None)
+        if found is None:
+            found, next_id = next_id, next_id + 1
+            group.append((s, e, found))
+        ids.append(found)
+    return ids

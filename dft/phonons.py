@@ -113,10 +113,12 @@ def band_path(primitive: Structure, symprec: float = 0.01) -> tuple[list[list[np
         paths = [[np.asarray(points[label], dtype=float) for label in sub] for sub in kpath["path"]]
         labels = [[_pretty_label(label) for label in sub] for sub in kpath["path"]]
         return paths, labels, "pymatgen HighSymmKpath (setyawan_curtarolo)"
-    except Exception:  # unusual cells: fall back to a generic walk through the zone
+    except Exception as exc:  # unusual cells: a generic walk through the zone, the reason kept
         generic = {"Γ": (0, 0, 0), "X": (0.5, 0, 0), "M": (0.5, 0.5, 0), "R": (0.5, 0.5, 0.5)}
         order = ["Γ", "X", "M", "R", "Γ"]
-        return [[np.asarray(generic[k], dtype=float) for k in order]], [order], "generic Γ-X-M-R-Γ"
+        why = f"{type(exc).__name__}: {exc}"[:200]
+        return ([[np.asarray(generic[k], dtype=float) for k in order]], [order],
+                f"generic Γ-X-M-R-Γ (HighSymmKpath failed: {why})")
 
 
 def _pretty_label(label: str) -> str:

@@ -18,6 +18,21 @@ from pathlib import Path
 from dft.trials import generate_trials
 
 
+GENE_COLUMNS = ("formula", "space_group", "wyckoff", "gene_key", "trial")
+
+
+def gene_columns(row: dict) -> dict:
+    """The columns that name a gene and its trial, copied from ``row``."""
+    return {k: row.get(k) for k in GENE_COLUMNS}
+
+
+def file_digest(path: str, settings_text: str) -> str:
+    """Short digest of a structure file and the settings applied to it: a task key that changes
+    when either does, so stored results are reused exactly when they still apply."""
+    with open(path, "rb") as fh:
+        return hashlib.sha1(fh.read() + settings_text.encode()).hexdigest()[:10]
+
+
 def gene_hash(gene_key: str) -> str:
     """Short stable id of a gene (file and task names)."""
     return hashlib.sha1(gene_key.encode()).hexdigest()[:12]
@@ -81,6 +96,7 @@ def relax_result_fields(r) -> dict:
         "steps": int(r.steps), "sg_before": r.sg_before, "sg_after": r.sg_after, "symmetry_kept": bool(r.symmetry_kept),
         "n_atoms": len(r.structure) if r.structure is not None else None,
         "lattice": lattice_dict(r.structure) if r.structure is not None else None,
+        "cell": getattr(r, "cell", "input"),
     }
 
 
@@ -171,7 +187,7 @@ def score_relaxations(rows: Iterable[dict], *, references: dict[str, float], hul
     out = []
     for row in rows:
         row = dict(row, corrected_energy=None, formation_energy_per_atom=None, e_above_hull=None,
-                   is_novel=None, matched_material_id=None, energy_note="")
+                   is_novel=None, matched_material_id=None, energy_note="", novelty_note="")
         if row.get("relaxed_cif") and row.get("energy") is not None and row["verdict"] in ("converged", "not_converged"):
             try:
                 s = Structure.from_file(row["relaxed_cif"])
@@ -187,8 +203,8 @@ def score_relaxations(rows: Iterable[dict], *, references: dict[str, float], hul
                     ef = formation_energy_per_atom(s.composition, corrected, references)
                     row.update(corrected_energy=corrected, formation_energy_per_atom=ef,
                                e_above_hull=hull.e_above_hull(s.composition, ef))
-                novel, match = novelty.match(s)
-                row.update(is_novel=bool(novel), matched_material_id=match)
+                novel, match, note = novelty.check(s)  # None: unknown (an unparsed reference)
+                row.update(is_novel=novel, matched_material_id=match, novelty_note=note)
             except Exception as exc:  # a broken CIF or an element outside the references
                 row["energy_note"] = f"scoring_failed: {type(exc).__name__}: {exc}"
         out.append(row)
@@ -243,3 +259,81 @@ def write_dfpt_inputs(cif_path: str, directory: str, supercell_matrix=None, supe
     matrix = supercell_matrix or diagonal_supercell(primitive, supercell_min_length)
     write_vasp_inputs(primitive, directory, dfpt=True, supercell=matrix)
     return str(directory)
+
+
+# ---- the relaxation and phonon stages as plain functions (the assets only read, call, write) -----
+
+
+def relax_tasks(trials: Iterable[dict], base: Path, *, relaxer: str, fmax: float, max_steps: int,
+                primitive: bool = True, code: str = "") -> tuple[dict[str, dict], dict[str, dict]]:
+    """``(tasks, trial_of)``: one :func:`relax_task` payload per built trial (dicts with
+    ``cif_path``, ``gene_key``, ``trial``), keyed by gene, trial, relaxer and a digest of the trial
+    file, the settings and ``code`` (a version of the code that relaxes), so a stored result is
+    reused exactly when it still applies; the CIFs go under ``base/cif``. Primitive and
+    conventional relaxations give the same structure and energy, so they share results; only the
+    conventional-only setting gets its own key."""
+    tasks, trial_of = {}, {}
+    for row in trials:
+        settings_text = f"{relaxer}|{fmax}|{max_steps}" + ("" if primitive else "|conventional") + (f"|{code}" if code else "")
+        key = f"{gene_hash(row['gene_key'])}-t{row['trial']}-{relaxer}-{file_digest(row['cif_path'], settings_text)}"
+        tasks[key] = {"cif_path": row["cif_path"], "relaxer": relaxer, "fmax": fmax, "max_steps": max_steps,
+                      "primitive": primitive, "out_cif": str(Path(base) / "cif" / f"{key}.cif")}
+        trial_of[key] = row
+    return tasks, trial_of
+
+
+def relaxed_rows(results: dict[str, dict], trial_of: dict[str, dict], relaxer: str) -> list[dict]:
+    """One row per relaxation result: the trial's gene columns, the result, and a verdict
+    (``failed`` when the task returned none)."""
+    return [{**gene_columns(trial_of[key]), "relaxer": relaxer, **res, "verdict": res.get("verdict", "failed"),
+             "symmetry_kept": bool(res.get("symmetry_kept", False)), "steps": res.get("steps", 0)}
+            for key, res in results.items()]
+
+
+def mark_best_trials(rows: list[dict]) -> list[dict]:
+    """``best_trial`` on every row (:func:`best_trial_per_gene`) and the lattice as JSON text."""
+    best = {id(r) for r in best_trial_per_gene(rows).values()}
+    for r in rows:
+        r.update(best_trial=id(r) in best, lattice=json.dumps(r.get("lattice")))
+    return rows
+
+
+def phonon_tasks(candidates: Iterable[dict], base: Path, *, supercell_min_length: float,
+                 code: str = "") -> tuple[dict, dict]:
+    """``(tasks, row_of)``: one :func:`phonon_task` payload per relaxed candidate (rows of
+    ``relaxed_structures``), keyed by gene and a digest of the relaxed CIF, the supercell length and
+    ``code`` (a version of the phonon code); band plots under ``base/bands``."""
+    tasks, row_of = {}, {}
+    for row in candidates:
+        key = f"{gene_hash(row['gene_key'])}-{file_digest(row['relaxed_cif'], str(supercell_min_length) + code)}"
+        tasks[key] = {"cif_path": row["relaxed_cif"], "relaxer": row["relaxer"],
+                      "supercell_min_length": supercell_min_length, "png": str(Path(base) / "bands" / f"{key}.png"),
+                      "title": f"{row['formula']} SG {row['space_group']}"}
+        row_of[key] = row
+    return tasks, row_of
+
+
+def phonon_rows(results: dict[str, dict], row_of: dict[str, dict], skipped: Iterable[tuple[dict, str]]) -> list[dict]:
+    """One row per phonon result (verdict ``failed`` when the task returned none) and one
+    ``skipped`` row, with its reason, per candidate that was not computed."""
+    rows = []
+    for key, res in results.items():
+        rows.append({**gene_columns(row_of[key]), "verdict": res.get("verdict", "failed"),
+                     "min_frequency_thz": res.get("min_frequency_thz"), "where_min": res.get("where"),
+                     "reason": res.get("reason"), "supercell": json.dumps(res.get("supercell_matrix")),
+                     "n_displacements": res.get("n_displacements"), "seconds": res.get("seconds"),
+                     "cpu_seconds": res.get("cpu_seconds"), "band_png": res.get("band_png"),
+                     "vasp_dfpt_dir": res.get("vasp_dfpt_dir"), "supercell_matrix": res.get("supercell_matrix"),
+                     "relaxed_cif": row_of[key]["relaxed_cif"], "task_key": key})
+    rows += [{**gene_columns(row), "verdict": "skipped", "reason": why} for row, why in skipped]
+    return rows
+
+
+def write_dfpt_for(rows: list[dict], directory: Path, supercell_min_length: float) -> list[dict]:
+    """The paper's VASP DFPT inputs (:func:`write_dfpt_inputs`) for every computed (stable or
+    unstable) phonon row, under ``directory/<task key>``; the path goes into ``vasp_dfpt_dir``."""
+    for r in rows:
+        if r.get("verdict") in ("stable", "unstable"):
+            r["vasp_dfpt_dir"] = write_dfpt_inputs(r["relaxed_cif"], str(Path(directory) / r["task_key"]),
+                                                   r.get("supercell_matrix"), supercell_min_length)
+    return rows

@@ -75,7 +75,7 @@ def refine_task(payload: dict) -> dict:
                 "energy": finite_or_none(out["energy_per_atom"] * len(structure)),
                 "max_force": finite_or_none(out["max_force"]),
                 "steps": 0, "sg_after": sg_before, "symmetry_kept": sg_before is not None,
-                "lattice": lattice_dict(structure), "refined_cif": payload["cif_path"],
+                "lattice": lattice_dict(structure), "refined_cif": payload["cif_path"], "cell": "input",
                 "seconds": round(time.perf_counter() - wall0, 2),
                 "cpu_seconds": round(gpaw_engine._children_cpu_seconds() - cpu0, 2), "log": out["log"]}
     relaxer = gpaw_engine.GPAWRelaxer(workdir, timeout_s=timeout, **settings)
@@ -162,3 +162,82 @@ def score_refinements(rows: Iterable[dict], references: Mapping[str, float] | No
     for r in rows:
         r.pop("_reduced", None)
     return rows
+
+
+# ---- the refinement stage as plain functions (the asset reads, calls these, writes) -------------
+
+
+def refinement_tasks(taken, base: Path, *, engine: str, settings: dict, fmax: float, max_steps: int,
+                     timeout_s: int, code: str = "") -> tuple[dict[str, dict], dict[str, dict]]:
+    """``(tasks, row_of)``: one :func:`refine_task` payload per (relaxed row, mode) taken by
+    :func:`dft.selection.refinement_candidates`, keyed by gene, engine, mode and a digest of the
+    relaxed CIF, the settings and ``code`` (a version of the refinement code), so stored results are
+    reused exactly when they still apply."""
+    import json
+
+    from dft.pipeline import file_digest, gene_hash
+
+    tasks, row_of = {}, {}
+    for row, mode in taken:
+        text = json.dumps([engine, mode, settings, fmax, max_steps], sort_keys=True) + code
+        key = f"{gene_hash(row['gene_key'])}-{engine}-{mode}-{file_digest(row['relaxed_cif'], text)}"
+        tasks[key] = {"cif_path": row["relaxed_cif"], "engine": engine, "mode": mode,
+                      "workdir": str(Path(base) / "runs" / key), "out_cif": str(Path(base) / "cif" / f"{key}.cif"),
+                      "fmax": fmax, "max_steps": max_steps, "timeout_s": timeout_s, "settings": settings}
+        row_of[key] = row
+    return tasks, row_of
+
+
+def mlip_columns(row: dict, mlip_rank: Mapping[str, int]) -> dict:
+    """The MLIP's numbers for a refined (or skipped) gene, side by side with DFT's."""
+    return {"mlip_formation_energy_per_atom": row["formation_energy_per_atom"], "mlip_e_above_hull": row["e_above_hull"],
+            "mlip_rank_in_formula": mlip_rank.get(row["gene_key"]), "mlip_lattice": row["lattice"]}
+
+
+def refined_rows(results: Mapping[str, dict], tasks: Mapping[str, dict], row_of: Mapping[str, dict],
+                 skipped, *, engine: str, mlip_rank: Mapping[str, int], references: Mapping[str, float] | None,
+                 reference_note: str = "") -> list[dict]:
+    """Scored rows (:func:`score_refinements`) of the refinement results, plus one ``skipped``
+    row with its reason per candidate not refined; lattices as JSON text."""
+    import json
+
+    from dft.pipeline import gene_columns
+
+    rows = [{**gene_columns(row_of[k]), **res, "verdict": res.get("verdict", "failed"), "engine": engine,
+             "mode": tasks[k]["mode"], **mlip_columns(row_of[k], mlip_rank)} for k, res in results.items()]
+    rows = score_refinements(rows, references, reference_note)
+    rows += [{**gene_columns(row), "engine": engine, "verdict": "skipped", "reason": why,
+              **mlip_columns(row, mlip_rank)} for row, why in skipped]
+    for r in rows:
+        if isinstance(r.get("lattice"), dict):
+            r["lattice"] = json.dumps(r["lattice"])
+    return rows
+
+
+def engine_references(engine: str, rows: Iterable[dict], settings: dict, *, cache_dir: Path, executor,
+                      timeout_s: int | None = None, log=print) -> tuple[Mapping[str, float] | None, str]:
+    """``(references, note)``: the engine's own elemental references for the elements of the
+    refined rows that carry an energy, computed as one :func:`references_task` through the
+    compute executor (a Slurm job on a cluster) and cached per settings under ``cache_dir``. VASP:
+    none here (pair with VASP references on the cluster). A failure leaves the references None
+    and says why in ``note`` (the compounds' energies still stand)."""
+    import hashlib
+    import json
+
+    from pymatgen.core import Composition
+
+    from dft.hpc import run_tasks
+
+    if engine != "gpaw":
+        return None, "VASP energies: pair them with VASP elemental references on the cluster"
+    elements = sorted({el.symbol for r in rows if r.get("energy_per_atom") is not None
+                       for el in Composition(r["formula"]).elements})
+    if not elements:
+        return {}, ""
+    log(f"GPAW elemental references for {', '.join(elements)} (cached in {cache_dir})")
+    key = "refs-" + hashlib.sha1(json.dumps([elements, settings], sort_keys=True).encode()).hexdigest()[:12]
+    payload = {"elements": elements, "cache_dir": str(cache_dir), "settings": settings, "timeout_s": timeout_s}
+    result = run_tasks(references_task, {key: payload}, executor, Path(cache_dir) / "results", log=log)[key]
+    if "references" not in result:
+        return None, f"references failed: {str(result.get('reason', result))[:300]}"
+    return result["references"], f"GPAW references, same settings, cached in {cache_dir}"

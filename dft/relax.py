@@ -74,6 +74,10 @@ class RelaxResult:
     seconds: float  # wall time
     relaxer: str
     cpu_seconds: float = 0.0  # process CPU time (all threads)
+    # which cell ``structure`` is: "input" (the cell given), "conventional" (relaxed in the
+    # primitive cell, returned in spglib's conventional cell) or "primitive" (the conventional
+    # cell could not be recovered; ``reason`` says why). See relax_primitive.
+    cell: str = "input"
 
 
 @runtime_checkable
@@ -126,7 +130,7 @@ def space_group_number(atoms_or_structure, symprec: float = RELAX_SYMPREC) -> in
         cell = (s.lattice.matrix, s.frac_coords, [site.specie.Z for site in s])
     try:
         ds = spglib.get_symmetry_dataset(cell, symprec=symprec)
-    except Exception:
+    except Exception:  # None is recorded by the caller (RelaxResult.reason: "spglib found no space group")
         return None
     return None if ds is None else int(ds.number)
 
@@ -291,9 +295,15 @@ class Relaxation:
         if atoms is not None:
             try:
                 final = _to_structure(atoms)
-            except Exception:  # never lose the row over a conversion
-                pass
+            except Exception as exc:  # the relaxed cell is lost: a failed row, never the input cell
+                final, verdict = None, "failed"
+                why = f"structure_conversion_failed: {type(exc).__name__}: {str(exc).strip()[:300]}"
+                reason = f"{why}; {reason}" if reason else why
             sg_after = space_group_number(atoms, self.symprec)
+            if self.sg_before is None or sg_after is None:
+                why = (f"spglib found no space group at symprec {self.symprec} "
+                       f"({'before' if self.sg_before is None else 'after'})")
+                reason = f"{reason}; {why}" if reason else why
         n_atoms = len(atoms) if atoms is not None else 0
         energy = float(self.energy)
         cpu = self.cpu_seconds if self.cpu_seconds is not None else time.process_time() - self.cpu0
@@ -532,7 +542,7 @@ def primitive_cell(structure, symprec: float = RELAX_SYMPREC):
 
     try:
         primitive = SpacegroupAnalyzer(structure, symprec=symprec).find_primitive()
-    except Exception:
+    except Exception:  # not an error in a result: the given cell is then relaxed as it is (cell "input")
         return structure
     return primitive if primitive is not None and len(primitive) < len(structure) else structure
 
@@ -540,8 +550,12 @@ def primitive_cell(structure, symprec: float = RELAX_SYMPREC):
 def relax_primitive(relaxer, structure, *, fmax: float = 0.05, max_steps: int = 500) -> RelaxResult:
     """Relax a centred cell (I, F, C, A, R) in its primitive cell -- 2-4x fewer atoms for the
     potential and the same symmetry -- and return it in spglib's standard conventional cell
-    (ITA setting) with the energy scaled to that cell, so the result reads exactly like a
-    conventional-cell relaxation. Primitive input is relaxed as it is."""
+    (ITA setting) with the energy scaled to that cell (``cell="conventional"``), so the result reads
+    exactly like a conventional-cell relaxation. Primitive input is relaxed as it is
+    (``cell="input"``). When the conventional cell cannot be recovered from the relaxed primitive
+    one (spglib fails, or finds a cell that is not a whole multiple of it -- the relaxation gained
+    a translation), the primitive cell is returned as ``cell="primitive"`` with the reason
+    appended: its energy and energy per atom are that cell's own."""
     primitive = primitive_cell(structure)
     if primitive is structure:  # primitive already, or spglib could not analyse it: relax as given
         return relaxer.relax(structure, fmax=fmax, max_steps=max_steps)
@@ -550,21 +564,31 @@ def relax_primitive(relaxer, structure, *, fmax: float = 0.05, max_steps: int = 
 
 def conventional_result(result: RelaxResult) -> RelaxResult:
     """A primitive-cell relaxation reported in spglib's standard conventional cell, the energy
-    scaled to it (the per-atom energy is unchanged); as it is when it carries no usable structure
-    or the refinement finds another cell. The per-structure and batched paths both use this."""
+    scaled to it (``cell="conventional"``); ``cell="primitive"`` with the reason when it carries no
+    usable structure or the refinement finds another cell. The per-structure and batched paths
+    both use this."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+    result.cell = "primitive"
     if result.structure is None or result.verdict not in ("converged", "not_converged"):
         return result
+
+    def kept_primitive(why: str) -> RelaxResult:
+        note = f"conventional_cell_not_recovered: {why}; reported in the primitive cell"
+        result.reason = f"{result.reason}; {note}" if result.reason else note
+        return result
+
     try:
         conventional = SpacegroupAnalyzer(result.structure, symprec=RELAX_SYMPREC).get_refined_structure()
-    except Exception:
-        return result
+    except Exception as exc:
+        return kept_primitive(f"{type(exc).__name__}: {str(exc).strip()[:300]}")
     if len(conventional) % len(result.structure):
-        return result  # refinement found another cell: keep the primitive one, energies as they are
+        return kept_primitive(f"spglib's refined cell has {len(conventional)} atoms, not a multiple of the "
+                              f"relaxed primitive cell's {len(result.structure)}")
     factor = len(conventional) // len(result.structure)
     result.structure = conventional
     result.energy = result.energy * factor
+    result.cell = "conventional"
     return result
 
 

@@ -92,14 +92,21 @@ def min_interatomic_distance(structure) -> float:
 
 def space_group_of(structure, symprec: float = BUILT_SYMPREC) -> int | None:
     """spglib space-group number of a pymatgen Structure, or None when spglib finds none."""
+    return space_group_and_error(structure, symprec)[0]
+
+
+def space_group_and_error(structure, symprec: float = BUILT_SYMPREC) -> tuple[int | None, str]:
+    """(spglib space-group number or None, why it is None -- "" when found)."""
     import spglib
 
     cell = (structure.lattice.matrix, structure.frac_coords, [site.specie.Z for site in structure])
     try:
         ds = spglib.get_symmetry_dataset(cell, symprec=symprec)
-    except Exception:
-        return None
-    return None if ds is None else int(ds.number)
+    except Exception as exc:
+        return None, f"spglib failed: {type(exc).__name__}: {exc}"[:300]
+    if ds is None:
+        return None, f"spglib found no space group at symprec {symprec}"
+    return int(ds.number), ""
 
 
 def _gene_inputs(formula: str, space_group: int, wyckoff: dict):
@@ -149,7 +156,8 @@ def build_trial(formula: str, space_group: int, wyckoff: dict, *, seed: int, tri
         if dmin <= min_distance:
             last_close = (structure, dmin, attempt + 1)
             continue
-        return result(structure, "ok", "", dmin, space_group_of(structure), attempt + 1)
+        sg, why = space_group_and_error(structure)  # "ok" with the reason when spglib finds none
+        return result(structure, "ok", why, dmin, sg, attempt + 1)
     if last_close is not None:
         structure, dmin, attempts = last_close
         return result(structure, "too_close", f"too_close: {dmin:.3f} A <= {min_distance} A",

@@ -34,7 +34,8 @@ target
 ``passed`` is the AND of all verdicts. ``reasons`` is a ``list[str]`` of machine-readable codes of
 the rules a row fails (empty exactly when ``passed``); ``notes`` lists rules that were not
 evaluated and so did not reject (e.g. ``synthesizability_not_evaluated`` when no model is given:
-``synthesizability`` is then null and ``synthesizable_ok`` True). Reason codes: see
+``synthesizability`` is then null and ``synthesizable_ok`` True) and keeps the text of an
+unexpected error behind a reason code (``wyckoff_error: KeyError: ...``). Reason codes: see
 :data:`REASONS`. Added number columns: ``atoms_per_cell``, ``total_dof`` (null for invalid genes)
 and ``synthesizability`` (null when not scored).
 """
@@ -91,8 +92,8 @@ class FilterConfig:
 
     elements: tuple[str, ...] | None = None  # None: the campaign's list, or no restriction
     n_elements: int | None = 3  # distinct elements a gene must have; None: any
-    max_atoms_per_cell: int = 50
-    max_total_dof: int = 5
+    max_atoms_per_cell: int | None = 50  # None: no limit
+    max_total_dof: int | None = 5  # None: no limit
     max_predicted_formation_energy: float | None = 0.0  # eV/atom
     min_synthesizability: float | None = 0.5
     restrict_to_target_formula: bool = True
@@ -119,14 +120,15 @@ def smact_verdict(formula: str, *, oxidation_states_set: str | None = None, incl
     return "smact_charge_neutrality"
 
 
-def _gene_checks(formula, sg, wyckoff_text, with_key: bool) -> tuple[str | None, int | None, int | None, str | None, tuple]:
-    """(wyckoff reason or None, atoms/cell, total DoF, gene_key (if asked and valid) or None, elements)."""
+def _gene_checks(formula, sg, wyckoff_text, with_key: bool) -> tuple:
+    """(wyckoff reason or None, atoms/cell, total DoF, gene_key (if asked and valid) or None,
+    elements, error text of an unexpected exception or None)."""
     try:
         wyckoff = json.loads(wyckoff_text) if isinstance(wyckoff_text, str) else dict(wyckoff_text or {})
         if not isinstance(wyckoff, dict):
             raise GeneError("empty_gene", str(wyckoff_text))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return "wyckoff_unparseable", None, None, None, ()
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        return "wyckoff_unparseable", None, None, None, (), f"{type(exc).__name__}: {exc}"[:300]
     elements = tuple(sorted(wyckoff))
     try:
         summary = validate_gene(formula or "", sg, wyckoff)
@@ -134,10 +136,10 @@ def _gene_checks(formula, sg, wyckoff_text, with_key: bool) -> tuple[str | None,
             raise GeneError("composition_mismatch", "no formula")
         key = gene_key(formula, sg, wyckoff) if with_key else None
     except GeneError as exc:
-        return f"wyckoff_{exc.reason}", None, None, None, elements
-    except Exception:  # a malformed row is a verdict, never a crash
-        return "wyckoff_unparseable", None, None, None, elements
-    return None, summary.atoms_per_cell, summary.total_dof, key, elements
+        return f"wyckoff_{exc.reason}", None, None, None, elements, None
+    except Exception as exc:  # a malformed row is a verdict (with the error's text), never a crash
+        return "wyckoff_unparseable", None, None, None, elements, f"{type(exc).__name__}: {exc}"[:300]
+    return None, summary.atoms_per_cell, summary.total_dof, key, elements, None
 
 
 def _element_set(target: Target | None, config: FilterConfig) -> frozenset[str] | None:
@@ -233,6 +235,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
         atoms,
         dof,
         pl.Series("_elements_ok", elements_ok, dtype=pl.Boolean),
+        pl.Series("_error", [None if c[5] is None else f"wyckoff_error: {c[5]}" for c in checks], dtype=pl.String),
         pl.Series("_ternary_ok", ternary_ok, dtype=pl.Boolean),
         pl.Series("synthesizability", scores, dtype=pl.Float64).fill_nan(None),
     )
@@ -273,6 +276,8 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
         target_ok, target_reason = pl.lit(True), pl.lit(None, pl.String)
 
     size_known = pl.col("atoms_per_cell").is_not_null()
+    atoms_ok = pl.lit(True) if max_atoms is None else pl.col("atoms_per_cell") <= max_atoms
+    dof_ok = pl.lit(True) if max_dof is None else pl.col("total_dof") <= max_dof
     df = df.with_columns(
         pl.col("_formula_reason").is_null().alias("formula_ok"),
         pl.col("_wyckoff_reason").is_null().alias("wyckoff_ok"),
@@ -280,8 +285,7 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
         pl.col("gene_key").is_first_distinct().alias("unique_in_batch"),
         (~pl.col("gene_key").is_in(known_list)).alias("novel"),
         pl.col("_elements_ok").alias("elements_ok"),
-        (size_known & (pl.col("atoms_per_cell") <= max_atoms) & (pl.col("total_dof") <= max_dof))
-        .fill_null(False).alias("size_ok"),
+        (size_known & atoms_ok & dof_ok).fill_null(False).alias("size_ok"),
         energy_ok.alias("energy_ok"),
         synth_ok.alias("synthesizable_ok"),
         target_ok.alias("target_formula_ok"),
@@ -293,13 +297,13 @@ def apply_filters(sampled: pl.DataFrame, *, known_gene_keys: set[str], target: T
             pl.when(pl.col("gene_key").is_in(known_list)).then(pl.lit("known_gene")),
             pl.when(~pl.col("_elements_ok")).then(pl.lit("element_outside_list")),
             pl.when(~size_known).then(pl.lit("size_unknown_invalid_gene")),
-            pl.when(pl.col("atoms_per_cell") > max_atoms).then(pl.lit("too_many_atoms")),
-            pl.when(pl.col("total_dof") > max_dof).then(pl.lit("too_many_dof")),
+            pl.when(size_known & ~atoms_ok).then(pl.lit("too_many_atoms")),
+            pl.when(size_known & ~dof_ok).then(pl.lit("too_many_dof")),
             energy_reason,
             synth_reason,
             target_reason,
         ).list.drop_nulls().alias("reasons"),
-        pl.concat_list(energy_note, synth_note).list.drop_nulls().alias("notes"),
+        pl.concat_list(energy_note, synth_note, pl.col("_error")).list.drop_nulls().alias("notes"),
     )
     df = df.with_columns(pl.all_horizontal(*RULES).alias("passed"))
     return df.sort("_row").drop([c for c in df.columns if c.startswith("_")])
@@ -316,7 +320,7 @@ def _formula_elements(formula: str | None) -> frozenset | None:
         return None
     try:
         return frozenset(str(e) for e in Composition(formula).elements)
-    except Exception:
+    except Exception:  # recorded: smact_verdict gives the same formula "formula_unparseable"
         return None
 
 
@@ -374,3 +378,62 @@ def rank_genes(genes: pl.DataFrame, ranking: str = "hits", budget: int | None = 
     firsts = rest.filter(~pl.col("space_group").is_in(covered) & (pl.col("_round") == 0))
     others = rest.filter(~pl.col("gene_key").is_in(firsts["gene_key"]))
     return pl.concat([head, firsts, others]).drop("_round", "_group_best")
+
+
+# ---- task defaults and selection rules (what filtered_genes / trial_structures apply) ---------
+
+# LOO partitions keep atoms <= 50 and no DoF limit: the paper's Table S3 lists the held-out CaTiO3
+# Pnma gene (total DoF 7) among the genes it relaxed. Campaigns take their registry `selection`,
+# by default the paper's atoms <= 50, DoF <= 5.
+DEFAULT_MAX_ATOMS_PER_CELL = 50
+CAMPAIGN_MAX_TOTAL_DOF = 5
+
+
+def task_filter_config(target: Target, *, elements=None, max_atoms_per_cell: int | None = None,
+                       max_total_dof: int | None = None, **thresholds) -> FilterConfig:
+    """The filter thresholds for ``target``: explicit values win, else the task's defaults (a
+    campaign's registry ``selection`` -- paper: atoms/cell <= 50, DoF <= 5 -- or, for
+    leave-one-out targets, atoms/cell <= 50 and no DoF limit). ``elements``: None -> the campaign's
+    list (campaigns) / no restriction (LOO). ``thresholds``: the other :class:`FilterConfig` fields."""
+    campaign = target.task == "campaign"
+    selection = target.selection if campaign else {}
+    if max_atoms_per_cell is None:
+        max_atoms_per_cell = int(selection.get("max_atoms_per_cell", DEFAULT_MAX_ATOMS_PER_CELL))
+    if max_total_dof is None and campaign:
+        max_total_dof = int(selection.get("max_total_dof", CAMPAIGN_MAX_TOTAL_DOF))
+    if not elements:  # None (or an empty list): the campaign's list / no restriction
+        elements = target.elements if campaign else None
+    return FilterConfig(elements=tuple(elements) if elements else None,
+                        max_atoms_per_cell=max_atoms_per_cell, max_total_dof=max_total_dof, **thresholds)
+
+
+def selection_text(config: FilterConfig) -> str:
+    """The size rule in words, e.g. ``atoms per cell <= 50, total DoF <= no limit``."""
+    def limit(v):
+        return "no limit" if v is None else v
+
+    return f"atoms per cell <= {limit(config.max_atoms_per_cell)}, total DoF <= {limit(config.max_total_dof)}"
+
+
+def held_out_summary(filtered: pl.DataFrame, gene_keys) -> dict:
+    """Where a leave-one-out target's gene ended in ``filtered`` (the output of
+    :func:`apply_filters` with ``hits``): sampled, passed, rank by hits (1 = most sampled; None
+    when not sampled), the reasons it failed. Empty for a target without a gene."""
+    keys = sorted(gene_keys or ())
+    if not keys:
+        return {}
+    ranked = filtered.sort("hits", descending=True).with_row_index("rank", offset=1)
+    row = ranked.filter(pl.col("gene_key").is_in(keys))
+    if row.is_empty():
+        return {"sampled": False, "passed": False, "rank_by_hits": None, "reasons": "not sampled"}
+    return {"sampled": True, "passed": bool(row["passed"][0]), "rank_by_hits": int(row["rank"][0]),
+            "reasons": ", ".join(row["reasons"][0]) or "-"}
+
+
+def resolve_ranking(ranking: str, task: str) -> str:
+    """``"auto"`` -> ``hits_then_space_groups`` for ground-state targets (the question is which
+    symmetry wins, so every space group needs a candidate), ``hits`` otherwise; other values as
+    they are (checked by :func:`rank_genes`)."""
+    if ranking != "auto":
+        return ranking
+    return "hits_then_space_groups" if task == "ground_state" else "hits"

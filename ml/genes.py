@@ -97,31 +97,43 @@ def _checked_site(table, element: str, label: str) -> tuple[int, str]:
 def equivalent_configurations(space_group: int, wyckoff: dict) -> list[str]:
     """Canonical JSON of every equivalent configuration (one per alternative setting), unique."""
     table = space_group_table(space_group)
+    # labels parsed and checked once; each image is written in canonical form directly
+    # (elements by symbol, sites by letter; a letter fixes its multiplicity)
+    parsed = [(el, [_checked_site(table, el, str(label))[1] for label in sites])
+              for el, sites in sorted(wyckoff.items())]
     seen: dict[str, None] = {}
     for perm in table.alternatives:
-        mapped = {}
-        for el, sites in wyckoff.items():
-            out = []
-            for label in sites:
-                _, letter = _checked_site(table, el, label)
-                new = perm.get(letter, letter)
-                out.append(f"{table.multiplicity(new)}{new}")
-            mapped[el] = out
-        seen.setdefault(wyckoff_json(mapped), None)
+        image = {}
+        for el, letters in parsed:
+            mapped = sorted((perm.get(letter, letter) for letter in letters), key=LETTER_INDEX.__getitem__)
+            image[el] = [f"{table.multiplicity(letter)}{letter}" for letter in mapped]
+        seen.setdefault(json.dumps(image), None)
     return list(seen)
+
+
+@functools.lru_cache(maxsize=65536)
+def equivalent_configurations_of(space_group: int, wyckoff_text: str) -> tuple[str, ...]:
+    """:func:`equivalent_configurations` of a canonical JSON configuration (cached)."""
+    return tuple(equivalent_configurations(space_group, json.loads(wyckoff_text)))
 
 
 def gene_key(formula: str, space_group: int, wyckoff: dict) -> str:
     """One key for a gene and all its equivalent configurations: ``formula|sg|min(json)``,
     the formula normalized to pymatgen's reduced formula."""
-    return f"{normalize_formula(formula)}|{int(space_group)}|{min(equivalent_configurations(space_group, wyckoff))}"
+    configurations = equivalent_configurations_of(int(space_group), wyckoff_json(wyckoff))
+    return f"{normalize_formula(formula)}|{int(space_group)}|{min(configurations)}"
 
 
 def reduced_formula(counts: dict[str, float]) -> str:
     """pymatgen's reduced formula of element counts (elements ordered by electronegativity)."""
+    return _reduced_formula_of(tuple(sorted(counts.items())))
+
+
+@functools.lru_cache(maxsize=65536)
+def _reduced_formula_of(items: tuple) -> str:
     from pymatgen.core import Composition
 
-    return Composition(counts).reduced_formula
+    return Composition(dict(items)).reduced_formula
 
 
 @functools.lru_cache(maxsize=65536)
@@ -196,24 +208,14 @@ def validate_gene(formula: str, space_group: int, wyckoff: dict) -> GeneSummary:
     return GeneSummary(canon, counts, sum(counts.values()), total_dof)
 
 
-def gene_from_cell(lattice, frac_coords, numbers, *, symprec: float = MP_SYMPREC,
-                   angle_tolerance: float = MP_ANGLE_TOLERANCE) -> tuple[Gene, GeneSummary]:
-    """Gene of a periodic cell (lattice rows in Angstrom, fractional coordinates, atomic numbers).
-
-    spglib finds the space group and the Wyckoff letter of each crystallographic orbit in the
-    standardized setting; each orbit is one occupied site. Multiplicities come from PyXtal's
-    table and must reproduce the standardized conventional cell's composition.
-    """
+def spglib_dataset(lattice, frac_coords, numbers, *, symprec: float = MP_SYMPREC,
+                   angle_tolerance: float = MP_ANGLE_TOLERANCE):
+    """spglib's symmetry dataset of a cell; :class:`GeneError` ``symmetry_failed`` if none."""
     import spglib
 
-    from ml.elements import vocabulary
-
-    symbols = vocabulary()
-
-    numbers = np.asarray(numbers, dtype=int)
     try:
         ds = spglib.get_symmetry_dataset(
-            (np.asarray(lattice, float), np.asarray(frac_coords, float), numbers),
+            (np.asarray(lattice, float), np.asarray(frac_coords, float), np.asarray(numbers, dtype=int)),
             symprec=symprec,
             angle_tolerance=angle_tolerance,
         )
@@ -221,6 +223,15 @@ def gene_from_cell(lattice, frac_coords, numbers, *, symprec: float = MP_SYMPREC
         raise GeneError("symmetry_failed", str(exc)) from exc
     if ds is None:
         raise GeneError("symmetry_failed", "spglib found no symmetry dataset")
+    return ds
+
+
+def gene_from_dataset(ds, numbers) -> tuple[Gene, GeneSummary]:
+    """Gene from spglib's dataset of a cell with atomic ``numbers`` (see :func:`gene_from_cell`)."""
+    from ml.elements import vocabulary
+
+    symbols = vocabulary()
+    numbers = np.asarray(numbers, dtype=int)
     sg = int(ds.number)
     table = space_group_table(sg)
     orbits = np.asarray(ds.crystallographic_orbits)
@@ -240,6 +251,18 @@ def gene_from_cell(lattice, frac_coords, numbers, *, symprec: float = MP_SYMPREC
             f"sites give {summary.counts}, conventional cell has {dict(std_counts)}",
         )
     return Gene(formula, sg, canonical_wyckoff(wyckoff)), summary
+
+
+def gene_from_cell(lattice, frac_coords, numbers, *, symprec: float = MP_SYMPREC,
+                   angle_tolerance: float = MP_ANGLE_TOLERANCE) -> tuple[Gene, GeneSummary]:
+    """Gene of a periodic cell (lattice rows in Angstrom, fractional coordinates, atomic numbers).
+
+    spglib finds the space group and the Wyckoff letter of each crystallographic orbit in the
+    standardized setting; each orbit is one occupied site. Multiplicities come from PyXtal's
+    table and must reproduce the standardized conventional cell's composition.
+    """
+    ds = spglib_dataset(lattice, frac_coords, numbers, symprec=symprec, angle_tolerance=angle_tolerance)
+    return gene_from_dataset(ds, numbers)
 
 
 def gene_from_structure(structure, **kwargs) -> tuple[Gene, GeneSummary]:

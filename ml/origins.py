@@ -61,3 +61,28 @@ def origin_genes(train: pl.DataFrame, target: Target, scope: str = "stoichiometr
     allowed = set(target.elements)
     mask = ternary["slot_elements"].map_elements(lambda els: set(els) <= allowed, return_dtype=pl.Boolean)
     return ternary.filter(mask), f"training ternaries made only of {len(allowed)} campaign elements"
+
+
+ELEMENT_CONSTRAINTS = ("task", "none")
+
+
+def allowed_elements(target: Target, constraint: str = "task") -> tuple[str, ...] | None:
+    """Elements the decoder's element slots may take: ``"task"`` -- a campaign's element list, a
+    leave-one-out target's own elements; ``"none"`` -- any of the 94 (None)."""
+    if constraint not in ELEMENT_CONSTRAINTS:
+        raise ValueError(f"element constraint must be one of {ELEMENT_CONSTRAINTS}, got {constraint!r}")
+    if constraint == "none":
+        return None
+    if target.task == "campaign":
+        return tuple(target.elements)
+    from pymatgen.core import Composition
+
+    return tuple(sorted(str(e) for e in Composition(target.reduced_formula).elements))
+
+
+def perturbations_per_origin(requested: int, max_latent_points: int, n_origins: int) -> int:
+    """Perturbations per origin: ``requested``, fewer when ``n_origins x requested`` would pass
+    ``max_latent_points`` (many origins then get fewer samples each), at least one."""
+    if n_origins <= 0:
+        return 0
+    return max(1, min(int(requested), int(max_latent_points) // int(n_origins)))

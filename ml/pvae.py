@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 import pytorch_lightning as pl
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.encoding import N_SLOTS
+from ml.pvae_config import PVAEConfig  # noqa: F401  (re-exported: ml.pvae.PVAEConfig)
 from ml.tensors import (
     CONTINUOUS,
     COUNT,
@@ -40,55 +40,6 @@ from ml.tensors import (
 from ml.wyckoff import N_SPACE_GROUPS, multiplicity_matrix
 
 N_PROPERTIES = 2  # formation energy per atom, band gap
-
-
-@dataclass
-class PVAEConfig:
-    """Hyperparameters of the PVAE and its training.
-
-    Paper (SI section 2, grid-searched): latent_dim in [64, 128, 256, 512] -> 256;
-    learning_rate in [4e-4, 2e-4, 1e-4, 4e-5, 2e-5, 1e-5]; batch_size in [64, 128, 256, 512];
-    epochs in [64, 72, 128, 256]. The reference code trains 48 epochs of RMSprop at 2e-4, batch 256.
-    The defaults here are tuned for ~2-3 minutes on 2 CPU cores over ~12k ternary genes
-    (benchmarks/pvae_benchmark.py): a one-cycle schedule with a higher peak rate reaches the
-    paper's reconstruction accuracy in far fewer epochs, and a dense decoder reconstructs the
-    Wyckoff letter counts better (96 % vs 87 % validation Wyckoff accuracy after 20 epochs) and faster than the reference's
-    transposed convolutions (still available as ``decoder="conv"``).
-    """
-
-    latent_dim: int = 256  # paper: 256 from [64, 128, 256, 512]
-    conv_channels: tuple[int, int, int] = (32, 64, 128)  # reference: 32, 64, 128 filters
-    conv_kernels: tuple[int, int, int] = (5, 3, 3)  # reference: 5, 3, 3
-    # strides (2, 2, 2) and a 512-wide hidden layer: 2.2 M instead of 6.6 M weights and a ~5x
-    # faster training step on 2 cores than the reference's (2, 2, 1) and 1024, same accuracy
-    conv_strides: tuple[int, int, int] = (2, 2, 2)  # reference: 2, 2, 1
-    encoder_hidden: int = 512  # reference: 1024
-    sg_hidden: tuple[int, int] = (256, 128)  # reference: 256, 128
-    sg_decoder_hidden: int = 512
-    decoder: str = "mlp"  # "mlp": dense layers; "conv": transposed convolutions (the reference's)
-    decoder_hidden: tuple[int, ...] = (512,)  # widths of the "mlp" decoder
-    property_hidden: tuple[int, int] = (128, 32)  # reference: 128, 32
-    lr: float = 2e-3  # peak of the one-cycle schedule (paper grid 1e-5..4e-4 for 64-256 epochs)
-    weight_decay: float = 1e-5
-    batch_size: int = 256  # paper grid [64, 128, 256, 512]; reference 256
-    max_epochs: int = 30  # paper grid [64, 72, 128, 256]; reference 48
-    kl_weight: float = 1e-3  # on the KL summed over latent dimensions
-    recon_weight: float = 1.0  # on the MSE summed over the continuous columns of the 3 slots
-    element_weight: float = 1.0  # on the element cross-entropy summed over slots
-    sg_weight: float = 1.0  # on the space-group cross-entropy
-    property_weight: float = 3.0  # on the standardized E_f MSE + masked band-gap MSE
-    wyckoff_weight: float = 0.1  # on wyckoff_loss
-    val_fraction: float = 0.2
-    seed: int = 21
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PVAEConfig":
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
-        return cls(**kwargs)
 
 
 class PVAEOutput(NamedTuple):

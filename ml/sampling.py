@@ -2,9 +2,19 @@
 
 For each origin gene the encoder's latent mean is perturbed ``samples_per_origin`` times with
 N(0, ``noise_scale``^2) noise (the reference code: 5,000 perturbations, scale ~1.4); every point is
-decoded (argmax elements and space group, rounded counts). Identical decoded rows are merged with
-``np.unique`` per batch and across batches (vectorized), then only the distinct rows go through
-Python to become genes, and equivalent Wyckoff configurations merge under one ``gene_key``.
+decoded (argmax elements and space group, rounded counts). Identical decoded rows are merged per
+batch and across batches, the distinct rows become genes, and equivalent Wyckoff configurations
+merge under one ``gene_key``.
+
+Two implementations give the same table (``SamplingConfig.implementation``):
+
+* ``"fast"`` (default): :func:`ml.latent_decode.decode_and_merge` (only the decoder columns that
+  decoding reads, compact rows merged by an exact row hash) and
+  :func:`ml.decoded_genes.genes_table` (canonicalization vectorized per space group, no Python
+  call per decoded row);
+* ``"reference"``: :func:`sample_decoded` + :func:`genes_from_decoded` below, the original
+  per-row path (``np.unique`` over byte views, one ``gene_key`` call per distinct row), kept to
+  check the fast path against (tests/test_sampling.py, benchmarks/sampling_throughput.py).
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ class SamplingConfig:
     # Element-constrained decoding: each slot's element is the argmax of the decoder's element
     # logits over these symbols only (the task's composition or campaign list); None = all 94.
     allowed_elements: tuple[str, ...] | None = None
+    # "fast" (vectorized) or "reference" (the original per-row path); same output
+    implementation: str = "fast"
 
 
 def _pack(decoded: DecodedGenes) -> np.ndarray:
@@ -180,19 +192,36 @@ def encode_posterior(module, arrays: GeneArrays, batch_size: int = 4096) -> tupl
 
 def sample_genes(module, origin_arrays: GeneArrays, config: SamplingConfig | None = None,
                  log: Callable[[str], None] | None = None) -> tuple[pl.DataFrame, dict]:
-    """Origins -> sampled genes table + stats (points, distinct rows, seconds, points/s)."""
+    """Origins -> sampled genes table + stats (points, distinct rows, seconds, points/s, and the
+    decoded rows that are no valid configuration: without atoms or using a letter the space group
+    lacks — kept in the table under their own keys, the filters give the reason)."""
     config = config or SamplingConfig()
+    if config.implementation not in ("fast", "reference"):
+        raise ValueError(f"implementation must be 'fast' or 'reference', got {config.implementation!r}")
     z0, sigma = encode_posterior(module, origin_arrays)
     if config.noise_unit == "absolute":
         sigma = None
     elif config.noise_unit != "posterior_sigma":
         raise ValueError(f"noise_unit must be 'posterior_sigma' or 'absolute', got {config.noise_unit!r}")
-    keys, hits, ef_sum, gap_sum, seconds = sample_decoded(module, z0, config, log=log, origin_sigma=sigma)
-    t = time.perf_counter()
-    table = genes_from_decoded(keys, hits, ef_sum, gap_sum)
+    extra: dict = {}
+    if config.implementation == "fast":
+        from ml.decoded_genes import genes_table
+        from ml.latent_decode import decode_and_merge
+
+        keys, hits, ef_sum, gap_sum, seconds, extra = decode_and_merge(
+            module, z0, config.samples_per_origin, config.noise_scale, config.seed, config.batch_size,
+            element_mask=_element_mask(config.allowed_elements), origin_sigma=sigma, log=log)
+        t = time.perf_counter()
+        table, invalid = genes_table(keys, hits, ef_sum, gap_sum)
+        extra = {**extra, **invalid}
+    else:
+        keys, hits, ef_sum, gap_sum, seconds = sample_decoded(module, z0, config, log=log, origin_sigma=sigma)
+        t = time.perf_counter()
+        table = genes_from_decoded(keys, hits, ef_sum, gap_sum)
     canon_seconds = time.perf_counter() - t
     points = int(hits.sum())
     stats = {"origins": int(len(z0)), "latent_points": points, "distinct_decoded_rows": int(len(keys)),
              "genes": table.height, "decode_seconds": seconds, "canonicalize_seconds": canon_seconds,
-             "points_per_second": points / max(seconds + canon_seconds, 1e-9)}
+             "points_per_second": points / max(seconds + canon_seconds, 1e-9),
+             "implementation": config.implementation, **extra}
     return table, stats

@@ -160,3 +160,22 @@ def write_snapshot(table, directory: str | Path, *, database_version: str, descr
     }
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return verify_snapshot(directory)
+
+
+def load_materials(info: SnapshotInfo):
+    """The snapshot's materials as a polars frame with its ``database_version`` column; a
+    :class:`SnapshotError` when a ``material_id`` repeats (one row per material is the contract)."""
+    import polars as pl
+
+    materials = pl.read_parquet(Path(info.path) / MATERIALS_FILE)
+    dupes = materials.filter(pl.col("material_id").is_duplicated())["material_id"].unique().to_list()
+    if dupes:
+        raise SnapshotError(f"snapshot {info.database_version} repeats material_id(s) {sorted(dupes)[:10]}")
+    return materials.with_columns(pl.lit(info.database_version).alias("database_version"))
+
+
+def resolve_source(source: str, api_key_present: bool) -> str:
+    """``auto`` -> ``mp_api`` when an MP API key is set, else ``offline``; others as given."""
+    if source == "auto":
+        return "mp_api" if api_key_present else "offline"
+    return source

@@ -361,3 +361,18 @@ def train_synthesizability(genes_df: pl.DataFrame, seed: int = 0, *, mode: str =
         "train_seconds": time.perf_counter() - start,
     }
     return SynthModel(models=models, mode=mode, feature_names=feature_names(), metrics=metrics)
+
+
+def cached_model(path: str | Path, stamp: dict, train) -> tuple[SynthModel, bool]:
+    """``(model, trained)``: the model saved at ``path`` when its stamp file (``path`` with a
+    ``.json`` suffix) equals ``stamp`` (e.g. the excluded materials and the release it was trained
+    without), else ``train()`` -- saved with the stamp for the next call."""
+    path = Path(path)
+    stamp_path = path.with_suffix(".json")
+    if path.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
+        return SynthModel.load(path), False
+    model = train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    stamp_path.write_text(json.dumps(stamp))
+    return model, True

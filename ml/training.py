@@ -77,7 +77,8 @@ class EpochLog(lightning.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = time.perf_counter() - self._start
         row = {"epoch": int(trainer.current_epoch), "seconds": seconds,
-               "cpu_seconds": time.process_time() - self._cpu_start}
+               "cpu_seconds": time.process_time() - self._cpu_start,
+               "torch_threads": torch.get_num_threads()}  # what this epoch ran with
         row.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         self.history.append(row)
         if self.report is not None:

@@ -68,6 +68,43 @@ def all_tables() -> dict[int, SpaceGroupTable]:
     return {n: space_group_table(n) for n in range(1, N_SPACE_GROUPS + 1)}
 
 
+def cached_all_tables() -> dict[int, SpaceGroupTable]:
+    """:func:`all_tables`, kept on disk between processes (building them from PyXtal costs
+    seconds of CPU; a gene-table build needs them all). The file is keyed by the PyXtal
+    version and lives in ``$WYCRYST_CACHE`` (default ``~/.cache/wycryst``); any problem with
+    it falls back to building the tables."""
+    import os
+    import pickle
+    from importlib.metadata import version
+    from pathlib import Path
+
+    if len(_TABLES) == N_SPACE_GROUPS:
+        return dict(_TABLES)
+    try:
+        folder = Path(os.environ.get("WYCRYST_CACHE", Path.home() / ".cache" / "wycryst"))
+        path = folder / f"wyckoff_tables-pyxtal{version('pyxtal')}-v1.pkl"
+    except Exception:
+        return all_tables()
+    try:
+        tables = pickle.loads(path.read_bytes())
+        if isinstance(tables, dict) and sorted(tables) == list(range(1, N_SPACE_GROUPS + 1)) and all(
+            isinstance(t, SpaceGroupTable) for t in tables.values()
+        ):
+            install_tables(tables)
+            return tables
+    except Exception:
+        pass
+    tables = all_tables()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps(tables))
+        tmp.replace(path)
+    except OSError:
+        pass
+    return tables
+
+
 def install_tables(tables: dict[int, SpaceGroupTable]) -> None:
     """Prefill this process's cache, e.g. in a worker process from its parent's tables."""
     _TABLES.update(tables)

@@ -45,6 +45,9 @@ def test_snapshot_and_genes_materialize_with_rejections(wycryst_env, small_snaps
     assert mats.metadata["rows"].value == 60
     genes_meta = result.asset_materializations_for_node("wyckoff_genes")[0].metadata
     assert genes_meta["rejections"].value == 2 and genes_meta["genes"].value == 58
+    # the fast symmetry engine is the default; rows it could not vouch for went through spglib
+    assert genes_meta["symmetry_engine"].value == "moyo"
+    assert 0 <= genes_meta["spglib_fallback_rows"].value < 60
 
     con = duckdb.connect(str(wycryst_env["home"] / "warehouse.duckdb"), read_only=True)
     reasons = dict(con.execute("SELECT material_id, reason FROM wyckoff_gene_rejections").fetchall())

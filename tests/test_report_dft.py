@@ -3,8 +3,8 @@ the held-out gene and at least one rival of the same formula."""
 
 import polars as pl
 
+from dft.loo import apply_dft
 from ml.targets import parse_target
-from wycryst_assets.assets.report import LooReportConfig, _apply_dft
 
 
 def _target(targets, key):
@@ -25,7 +25,7 @@ def test_dft_rank_replaces_the_mlip_rank_with_a_rival_refined(targets):
         {"gene_key": "other", "formula": "Ca2TiO4", "rank_in_formula": 1, "relative_energy_per_atom": 0.0},
     ])
     row = {"ground_state_rank": 2, "ground_state_rank_source": "mlip", "lattice_source": "mlip"}
-    _apply_dft(row, refined, keys, target, LooReportConfig())
+    apply_dft(row, refined, keys, target)
     assert row["ground_state_rank"] == 1 and row["ground_state_rank_source"] == "dft"
     assert row["dft_genes_of_formula"] == 2 and row["dft_ground_state_rank"] == 1
     assert row["lattice_source"] == "mlip"  # a single point does not move the cell
@@ -35,20 +35,20 @@ def test_a_lone_refined_gene_leaves_the_mlip_rank(targets):
     target = _target(targets, "CaTiO3-62")
     keys = sorted(target.gene_keys())
     row = {"ground_state_rank": 2, "ground_state_rank_source": "mlip"}
-    _apply_dft(row, _refined([{"gene_key": keys[0], "formula": "CaTiO3", "rank_in_formula": 1,
-                               "relative_energy_per_atom": 0.0}]), keys, target, LooReportConfig())
+    apply_dft(row, _refined([{"gene_key": keys[0], "formula": "CaTiO3", "rank_in_formula": 1,
+                              "relative_energy_per_atom": 0.0}]), keys, target)
     assert row["ground_state_rank"] == 2 and row["ground_state_rank_source"] == "mlip"
     assert row["dft_ground_state_rank"] == 1 and row["dft_genes_of_formula"] == 1
     untouched = {"ground_state_rank": 3}
-    _apply_dft(untouched, _refined([{"gene_key": "rival", "formula": "CaTiO3", "rank_in_formula": 1,
-                                     "relative_energy_per_atom": 0.0}]), keys, target, LooReportConfig())
+    apply_dft(untouched, _refined([{"gene_key": "rival", "formula": "CaTiO3", "rank_in_formula": 1,
+                                    "relative_energy_per_atom": 0.0}]), keys, target)
     assert untouched == {"ground_state_rank": 3}  # the held-out gene was not refined
 
 
 def test_refinement_takes_one_of_two_genes_that_relaxed_to_the_same_crystal(tmp_path):
     from pymatgen.core import Lattice, Structure
 
-    from wycryst_assets.assets.refinement import _same_crystal
+    from dft.selection import same_crystal_label as _same_crystal
 
     cubic = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"],
                       [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]])

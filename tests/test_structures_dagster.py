@@ -74,7 +74,7 @@ def structure_run(tmp_path_factory, training_snapshot):  # noqa: F811
         out["relaxed"] = run([relaxed_structures], KEY, {"relaxed_structures": {"config": {"max_steps": 200}}})
         out["relaxed_again"] = run([relaxed_structures], KEY, {"relaxed_structures": {"config": {"max_steps": 200}}})
         out["phonons"] = run([phonon_verdicts], KEY, {"phonon_verdicts": {"config": {
-            "supercell_min_length": 6.0, "max_e_above_hull": -1.0}}})
+            "supercell_min_length": 6.0, "max_e_above_hull": None}}})
         out["report"] = run([loo_report], KEY)
         # a tiny campaign over Cs-Pb-I: every stage through the S.U.N. report
         run([pvae_model], CAMPAIGN, {"pvae_model": {"config": TINY_PVAE}})
@@ -83,7 +83,7 @@ def structure_run(tmp_path_factory, training_snapshot):  # noqa: F811
             "filtered_genes": {"min_synthesizability": 0.0, "max_predicted_formation_energy": 10.0},
             "trial_structures": {"max_genes": 2},
             "relaxed_structures": {"max_steps": 60},
-            "phonon_verdicts": {"supercell_min_length": 6.0, "max_e_above_hull": -1.0, "max_structures": 1},
+            "phonon_verdicts": {"supercell_min_length": 6.0, "max_e_above_hull": None, "max_structures": 1},
             "sun_report": {"max_e_above_hull": 10.0},
         }
         assets = {"sampled_genes": sampled_genes, "filtered_genes": filtered_genes, "trial_structures": trial_structures,
@@ -216,7 +216,7 @@ def test_tiny_campaign_reaches_the_sun_report(structure_run):
 
 # ---- DFT refinement (runs after the tests above: it changes the partition's loo_report row) ----
 
-CHEAP_GPAW = {"ecut": 300.0, "kpts_density": 1.5, "max_steps": 3, "fmax": 0.5, "max_e_above_hull": -1.0}
+CHEAP_GPAW = {"ecut": 300.0, "kpts_density": 1.5, "max_steps": 3, "fmax": 0.5, "max_e_above_hull": None}
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +241,7 @@ def refined_run(structure_run):
     with dg.DagsterInstance.get() as instance:
         run = asset_runner(instance, resources)
         out["vasp"] = run([refined_structures], KEY, {"refined_structures": {"config": {
-            "engine": "vasp", "max_e_above_hull": -1.0}}})
+            "engine": "vasp", "max_e_above_hull": None}}})
         out["vasp_rows"] = _table(home, "SELECT * FROM refined_structures WHERE target = ?")
         out["gpaw"] = run([refined_structures], KEY, {"refined_structures": {"config": {"engine": "gpaw", **CHEAP_GPAW}}})
         out["report"] = run([loo_report], KEY)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from wycryst_assets import settings
+from wycryst_assets.cpu import RUN_THREADS_ENV, usable_cores
 
 # What `wycryst run` materializes: the unpartitioned ground, then one published partition
 # through the end of the graph. It grows with the asset graph; the command stays the same.
@@ -36,12 +37,34 @@ def init_dagster_home() -> Path:
     return home
 
 
-@click.group()
+def _user_error(exc: Exception) -> bool:
+    """Errors that are the input's fault (an unreadable registry or snapshot, no API key): one
+    line for the user, not a traceback. Imported only when something failed."""
+    from ml.mp_source import MissingApiKeyError
+    from ml.snapshot import SnapshotError
+    from ml.targets import TargetError
+
+    return isinstance(exc, (TargetError, SnapshotError, MissingApiKeyError))
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if _user_error(exc):
+                raise click.ClickException(str(exc)) from None
+            raise
+
+
+@click.group(cls=_Group)
 def main() -> None:
     """WyCryst: MP snapshot -> Wyckoff genes -> PVAE -> new symmetry-aware crystals."""
 
 
-@main.group()
+@main.group(cls=_Group)
 def home() -> None:
     """The local Dagster instance."""
 
@@ -69,7 +92,9 @@ def run_main(select: str | None, partition: str | None) -> None:
 
     with dg.DagsterInstance.get() as instance:
         sync_target_partitions(instance)
+    # the stages run one at a time: each run may use every core (wycryst_assets.cpu)
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "WYCRYST_HOME": str(settings.wycryst_home())}
+    env.setdefault(RUN_THREADS_ENV, str(usable_cores()))
     click.echo(f"WYCRYST_HOME={env['WYCRYST_HOME']}\nDAGSTER_HOME={dagster_home}")
     if select:
         stages = [(select, partition)]
@@ -118,7 +143,7 @@ def _print_report(key: str) -> None:
                f"relaxed lattice={rep['relaxed_lattice']}){'' if rep['recovered'] else ' why not: ' + rep['why_not']}")
 
 
-@main.group()
+@main.group(cls=_Group)
 def snapshot() -> None:
     """Materials Project snapshots (materials.parquet + manifest.json)."""
 
@@ -152,7 +177,7 @@ def snapshot_verify(directory: str) -> None:
     click.echo(f"ok: {info.database_version}, {info.n_materials} materials, sha256 {info.sha256}")
 
 
-@main.group()
+@main.group(cls=_Group)
 def targets() -> None:
     """The target registry ($WYCRYST_TARGETS) and the `targets` partitions."""
 
@@ -175,10 +200,10 @@ def targets_sync() -> None:
 
 @targets.command("list")
 def targets_list() -> None:
-    """Show the registry's targets and the entries that cannot be used."""
-    from wycryst_assets.partitions import current_registry
+    """Show the registry's targets and the entries that cannot be used (no Dagster, no torch)."""
+    from ml.targets import load_registry
 
-    registry = current_registry()
+    registry = load_registry(settings.targets_file())
     for key in registry.keys:
         t = registry.targets[key]
         what = t.formula and f"{t.formula} SG {t.space_group}" or f"elements {','.join(t.elements)}"

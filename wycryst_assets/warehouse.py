@@ -66,3 +66,10 @@ def table_exists(conn, table: str) -> bool:
 def read_table(conn, sql: str, params=None) -> pl.DataFrame:
     return pl.from_arrow(conn.execute(sql, params or []).fetch_arrow_table())
 
+
+
+def read_partition(conn, table: str, target: str) -> pl.DataFrame | None:
+    """One partition's rows of ``table``, or None when the table does not exist yet."""
+    if not table_exists(conn, _check(table)):
+        return None
+    return read_table(conn, f"SELECT * FROM {table} WHERE target = ?", [target])

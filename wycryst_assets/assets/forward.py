@@ -1,15 +1,19 @@
 """``forward_model``: the paper's forward regressor on the Wyckoff representation (5-fold CV)."""
 
+from typing import Literal
+
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
 from wycryst_assets.assets.genes import wyckoff_genes
+from wycryst_assets.cpu import cpu_budget
 from wycryst_assets.plots import markdown_table
+from wycryst_assets.versions import source_version
 from wycryst_assets.warehouse import read_table
-from dagster_duckdb import DuckDBResource
 
 
 class ForwardModelConfig(dg.Config):
-    model: str = "mlp"  # mlp (torch) | hgb (scikit-learn gradient boosting)
+    model: Literal["mlp", "hgb"] = "mlp"  # mlp (torch) | hgb (scikit-learn gradient boosting)
     epochs: int = 60
     n_splits: int = 5
     seed: int = 21
@@ -19,7 +23,7 @@ class ForwardModelConfig(dg.Config):
     group_name="pvae",
     kinds={"pytorch"},
     deps=[wyckoff_genes],
-    code_version="1",
+    code_version=source_version(__name__),
     description="Forward model (paper Table 1): E_f and band gap from the Wyckoff representation of "
     "the ternary genes, k-fold cross-validated; MAE / R^2 per fold as metadata.",
 )
@@ -36,7 +40,8 @@ def forward_model(context: dg.AssetExecutionContext, config: ForwardModelConfig,
     meta: dict = {"genes": dg.MetadataValue.int(len(arrays)), "model": config.model,
                   "database_version": genes["database_version"][0]}
     for target in ("formation_energy", "band_gap"):
-        result = cross_validate_forward(arrays, target, cfg, log=context.log.info)
+        with cpu_budget(context, torch_too=config.model == "mlp"):
+            result = cross_validate_forward(arrays, target, cfg, log=context.log.info)
         meta[f"{target}_mae"] = dg.MetadataValue.float(round(result.mae, 5))
         meta[f"{target}_r2"] = dg.MetadataValue.float(round(result.r2, 5))
         meta[f"{target}_folds"] = dg.MetadataValue.md(markdown_table(

@@ -1,32 +1,31 @@
 """``pvae_model``: one property-directed VAE per target partition, trained leave-one-out."""
 
-import json
 import time
+from typing import Literal, Optional
 
 import dagster as dg
-import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from ml.origins import origin_genes
-from ml.pvae import PVAEConfig
-from ml.targets import TargetError, loo_excluded_ids
-from wycryst_assets import settings
+from ml.pvae_config import MIN_ELEMENT_ACCURACY, MIN_SPACE_GROUP_ACCURACY, PVAEConfig, reconstruction_passed
 from wycryst_assets.assets.genes import wyckoff_genes
+from wycryst_assets.cpu import cpu_budget, threads_in_use
+from wycryst_assets.io import model_dir, write_model_manifest
 from wycryst_assets.partitions import current_registry, targets_partitions
+from wycryst_assets.versions import source_version
 from wycryst_assets.warehouse import read_table
 
-# Reconstruction far below the paper (element 99.9 %, SG 91.8 %) fails the partition.
-MIN_ELEMENT_ACCURACY = 0.95
-MIN_SPACE_GROUP_ACCURACY = 0.80
+__all__ = ["MIN_ELEMENT_ACCURACY", "MIN_SPACE_GROUP_ACCURACY", "PVAEModelConfig", "TrainingDevice", "model_dir",
+           "pvae_model"]
 
 
 class TrainingDevice(dg.ConfigurableResource):
     """Where the PVAE trains: Lightning's ``accelerator``/``devices`` (``auto`` takes a GPU when
-    one is visible, else the CPU); ``torch_threads`` caps CPU threads (0 = torch's default)."""
+    one is visible, else the CPU); ``torch_threads`` caps CPU threads (None: the run's CPU budget,
+    wycryst_assets.cpu)."""
 
-    accelerator: str = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: str = "auto"
-    torch_threads: int = 0
+    torch_threads: Optional[int] = None
 
 
 class PVAEModelConfig(dg.Config):
@@ -44,17 +43,12 @@ class PVAEModelConfig(dg.Config):
     seed: int = PVAEConfig.seed
 
 
-def model_dir(target: str):
-    return settings.artifacts_dir() / "pvae_model" / target
-
-
 @dg.asset(
     group_name="pvae",
     kinds={"pytorch", "lightning"},
     partitions_def=targets_partitions,
     deps=[wyckoff_genes],
-    pool="training",
-    code_version="1",
+    code_version=source_version(__name__),
     check_specs=[dg.AssetCheckSpec("reconstruction_quality", asset="pvae_model", blocking=True,
                                    description=f"element accuracy >= {MIN_ELEMENT_ACCURACY}, "
                                    f"space-group accuracy >= {MIN_SPACE_GROUP_ACCURACY} on validation")],
@@ -64,9 +58,8 @@ def model_dir(target: str):
 )
 def pvae_model(context: dg.AssetExecutionContext, config: PVAEModelConfig, warehouse: DuckDBResource,
                training_device: TrainingDevice):
-    import torch
-
-    from ml.plots import latent_pca_png, parity_png, png_markdown, training_curves_png
+    from ml.origins import origin_genes
+    from ml.targets import TargetError, loo_excluded_ids
     from ml.training import train_pvae
 
     key = context.partition_key
@@ -74,34 +67,42 @@ def pvae_model(context: dg.AssetExecutionContext, config: PVAEModelConfig, wareh
         target = current_registry().get(key)
     except TargetError as exc:
         raise dg.Failure(str(exc)) from exc
-    if training_device.torch_threads:
-        torch.set_num_threads(training_device.torch_threads)
     with warehouse.get_connection() as conn:
         genes = read_table(conn, "SELECT * FROM wyckoff_genes WHERE n_elements = 3")
     if genes.is_empty():
         raise dg.Failure("no ternary genes in wyckoff_genes: materialize it first")
-    version = genes["database_version"][0]
     excluded = loo_excluded_ids(genes, target)
-    train = genes.filter(~pl.col("material_id").is_in(excluded))
+    train = genes.filter(~genes["material_id"].is_in(excluded))
     context.log.info(f"{key} ({target.task}): leaving out {len(excluded)} material(s) {excluded}; "
                      f"{train.height} ternary genes remain")
-    cfg = PVAEConfig(latent_dim=config.latent_dim, max_epochs=config.max_epochs, batch_size=config.batch_size,
-                     lr=config.lr, kl_weight=config.kl_weight, property_weight=config.property_weight,
-                     wyckoff_weight=config.wyckoff_weight, seed=config.seed)
-    out_dir = model_dir(key)
+    cfg = PVAEConfig(**config.model_dump())
     start = time.perf_counter()
-    result = train_pvae(train, cfg, out_dir, accelerator=training_device.accelerator,
-                        devices=training_device.devices, log=context.log.info)
-    minutes = (time.perf_counter() - start) / 60
-    m = result.metrics
+    with cpu_budget(context, torch_too=True, threads=training_device.torch_threads) as budget:
+        result = train_pvae(train, cfg, model_dir(key), accelerator=training_device.accelerator,
+                            devices=training_device.devices, log=context.log.info)
+        threads = {"budget": budget, **threads_in_use(),  # read inside the step, while capped
+                   "torch_during_epochs": max((h["torch_threads"] for h in result.history), default=None)}
     origins, how = origin_genes(train, target)
-    manifest = {
-        "target": key, "task": target.task, "database_version": version,
-        "checkpoint": result.checkpoint_path, "config": cfg.to_dict(), "metrics": m,
-        "excluded_material_ids": excluded, "n_origins": origins.height, "origins": how,
-    }
-    (out_dir / "model.json").write_text(json.dumps(manifest, indent=2, default=str))
+    write_model_manifest(key, {"target": key, "task": target.task, "database_version": genes["database_version"][0],
+                               "checkpoint": result.checkpoint_path, "config": cfg.to_dict(), "metrics": result.metrics,
+                               "excluded_material_ids": excluded, "n_origins": origins.height, "origins": how})
+    return dg.MaterializeResult(
+        metadata=_metadata(result, origins, how, excluded, genes["database_version"][0], threads,
+                           (time.perf_counter() - start) / 60),
+        check_results=[_quality_check(result.metrics)],
+    )
 
+
+def _quality_check(metrics: dict) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name="reconstruction_quality", passed=reconstruction_passed(metrics), metadata={
+        **{k: metrics[k] for k in ("element_accuracy", "space_group_accuracy")},
+        "min_element_accuracy": MIN_ELEMENT_ACCURACY, "min_space_group_accuracy": MIN_SPACE_GROUP_ACCURACY})
+
+
+def _metadata(result, origins, how: str, excluded: list[str], version: str, threads: dict, minutes: float) -> dict:
+    from ml.plots import latent_pca_png, parity_png, png_markdown, training_curves_png
+
+    m = result.metrics
     origin_ids = set(origins["material_id"].to_list())
     highlight = [i for i, mid in enumerate(result.train_material_ids) if mid in origin_ids]
     plots = "\n\n".join([
@@ -109,29 +110,18 @@ def pvae_model(context: dg.AssetExecutionContext, config: PVAEModelConfig, wareh
         png_markdown(parity_png(result.val_predictions), "formation energy parity"),
         png_markdown(latent_pca_png(result.train_latent, highlight, label=f"origins: {how}"), "latent PCA"),
     ])
-    passed = m["element_accuracy"] >= MIN_ELEMENT_ACCURACY and m["space_group_accuracy"] >= MIN_SPACE_GROUP_ACCURACY
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(f"{version}:{key}:{cfg.seed}"),
-        metadata={
-            "element_accuracy": dg.MetadataValue.float(round(m["element_accuracy"], 5)),
-            "wyckoff_accuracy": dg.MetadataValue.float(round(m["wyckoff_accuracy"], 5)),
-            "space_group_accuracy": dg.MetadataValue.float(round(m["space_group_accuracy"], 5)),
-            "ef_mae": dg.MetadataValue.float(round(m["ef_mae"], 5)),
-            "ef_r2": dg.MetadataValue.float(round(m["ef_r2"], 5)),
-            "epoch_seconds": dg.MetadataValue.float(round(m["epoch_seconds"], 3)),
-            "training_minutes": dg.MetadataValue.float(round(minutes, 3)),
-            "epochs": dg.MetadataValue.int(int(m["epochs"])),
-            "n_train": dg.MetadataValue.int(int(m["n_train"])),
-            "n_val": dg.MetadataValue.int(int(m["n_val"])),
-            "excluded_material_ids": dg.MetadataValue.json(excluded),
-            "origins": f"{origins.height} {how}",
-            "database_version": version,
-            "checkpoint": dg.MetadataValue.path(result.checkpoint_path),
-            "plots": dg.MetadataValue.md(plots),
-        },
-        check_results=[dg.AssetCheckResult(
-            check_name="reconstruction_quality", passed=bool(passed),
-            metadata={"element_accuracy": m["element_accuracy"], "space_group_accuracy": m["space_group_accuracy"],
-                      "min_element_accuracy": MIN_ELEMENT_ACCURACY, "min_space_group_accuracy": MIN_SPACE_GROUP_ACCURACY},
-        )],
-    )
+    return {
+        **{k: dg.MetadataValue.float(round(m[k], 5)) for k in
+           ("element_accuracy", "wyckoff_accuracy", "space_group_accuracy", "ef_mae", "ef_r2")},
+        "epoch_seconds": dg.MetadataValue.float(round(m["epoch_seconds"], 3)),
+        "training_minutes": dg.MetadataValue.float(round(minutes, 3)),
+        "epochs": dg.MetadataValue.int(int(m["epochs"])),
+        "n_train": dg.MetadataValue.int(int(m["n_train"])),
+        "n_val": dg.MetadataValue.int(int(m["n_val"])),
+        "excluded_material_ids": dg.MetadataValue.json(excluded),
+        "origins": f"{origins.height} {how}",
+        "database_version": version,
+        "cpu_threads": dg.MetadataValue.json(threads),
+        "checkpoint": dg.MetadataValue.path(result.checkpoint_path),
+        "plots": dg.MetadataValue.md(plots),
+    }
