@@ -2,7 +2,7 @@
 platform's own code path.
 
     .venv/bin/python benchmarks/energy_models.py [--models chgnet,sevennet-0,...] [--n N] [--seed 0]
-        [--gpaw-pairs 20] [--workers 2] [--relax-path serial|batched] [--batch 40]
+        [--max-materials N] [--gpaw-pairs 20] [--workers 2] [--relax-path serial|batched] [--batch 40]
         [--results-dir .wycryst/energy_models] [--json PATH] [--score-only | --gpaw-only]
 
 What it does (every step resumable: per-task result files under ``--results-dir``):
@@ -14,7 +14,8 @@ What it does (every step resumable: per-task result files under ``--results-dir`
    58 % ternary. ``--n`` below that takes a seeded subset of whole polymorph groups stratified by
    number of elements (+ 10 % single-polymorph materials), e.g. ``--n 40`` to validate. Materials
    run in a seeded order of whole groups, so the finished part of an interrupted run is an
-   unbiased subset.
+   unbiased subset; ``--max-materials N`` restricts the run (or ``--score-only``) to the first N
+   materials of that order, cut at a group's end (``dft.energy_benchmark.whole_group_prefix``).
    Why all groups: the per-relaxation cost was measured first on MP's own (already relaxed)
    structures (median 4-6 FIRE steps from a DFT minimum), one thread, load ~12 on the 2 cores.
    Serial relaxer (20 random polymorph materials, then the 40 of ``--n 40``): CHGNet 0.95-1.25,
@@ -81,7 +82,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dft import model_metrics as mm  # noqa: E402
-from dft.energy_benchmark import gpaw_pair_materials, score_material_task, select_materials  # noqa: E402
+from dft.energy_benchmark import (  # noqa: E402
+    gpaw_pair_materials, score_material_task, select_materials, selection_counts, whole_group_prefix)
 from dft.hpc import ComputeConfig, read_result, run_tasks  # noqa: E402
 
 SHARED = Path(os.environ.get("WYCRYST_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -229,7 +231,10 @@ def _mean(values):
     return statistics.fmean(values) if values else None
 
 
-def summarize_model(model, scored, snapshot, gpaw_energy, pair_formulas) -> dict:
+def summarize_model(model, scored, snapshot, gpaw_energy, pair_formulas, gpaw_scored=None) -> dict:
+    """Metrics of one model over ``scored`` (the benchmark's materials); the GPAW columns over
+    ``gpaw_scored`` (default ``scored``): the GPAW pair materials, which may lie beyond a
+    ``--max-materials`` prefix."""
     rows = {mid: s["rows"][model] for mid, s in scored.items()}
     formulas = {mid: snapshot[mid]["formula_pretty"] for mid in rows}
     ef = {mid: r.get("formation_energy_per_atom") for mid, r in rows.items()}
@@ -277,10 +282,12 @@ def summarize_model(model, scored, snapshot, gpaw_energy, pair_formulas) -> dict
         "relaxed_into_other_mp_polymorph": relaxed_into_rival,
     }
     if gpaw_energy:
-        ids = [m for m in gpaw_energy if m in ef]
+        gpaw_scored = scored if gpaw_scored is None else gpaw_scored
+        gef = {mid: s["rows"][model].get("formation_energy_per_atom") for mid, s in gpaw_scored.items()}
+        ids = [m for m in gpaw_energy if m in gef]
         fm = {m: pair_formulas[m] for m in ids}
-        out["gpaw_ordering"] = mm.pair_ordering(gpaw_energy, ef, fm).as_dict()
-        mae, n = mm.pair_difference_mae(gpaw_energy, ef, fm)
+        out["gpaw_ordering"] = mm.pair_ordering(gpaw_energy, gef, fm).as_dict()
+        mae, n = mm.pair_difference_mae(gpaw_energy, gef, fm)
         out["gpaw_pair_mae"], out["gpaw_n_pairs"] = mae, n
     return out
 
@@ -325,6 +332,10 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated registry names")
     parser.add_argument("--n", type=int, default=None, help="materials (default: every polymorph group + 10%% fill)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-materials", type=int, default=None,
+                        help="only the first N materials of the seeded order (cut at a polymorph group's end): "
+                             "what a run stopped early finished; the GPAW pairs stay those of the full selection "
+                             "and are relaxed by every model too")
     parser.add_argument("--gpaw-pairs", type=int, default=20, help="GPAW polymorph pairs (0: skip GPAW)")
     parser.add_argument("--gpaw-timeout", type=float, default=1800.0, help="s per GPAW single point")
     parser.add_argument("--workers", type=int, default=2)
@@ -351,23 +362,36 @@ def main() -> None:
     scales = check_models(models)
     snapshot = load_snapshot(args.snapshot)
     selection = select_materials(list(snapshot.values()), n=args.n, seed=args.seed)
-    ids = selection["material_ids"]
+    all_ids = selection["material_ids"]
+    formulas = {m: snapshot[m]["formula_pretty"] for m in all_ids}
+    ids = all_ids if args.max_materials is None else whole_group_prefix(all_ids, formulas, args.max_materials)
     log(f"selection: {selection['counts']}")
+    if len(ids) < len(all_ids):
+        log(f"--max-materials {args.max_materials}: the first {len(ids)} of {len(all_ids)} (whole groups): "
+            f"{selection_counts(ids, snapshot)}")
     out = args.results_dir.resolve()  # GPAW's worker runs in its job directory: paths must be absolute
     out.mkdir(parents=True, exist_ok=True)
-    cif_paths = write_mp_cifs(snapshot, ids, out / "mp_cifs")
+    cif_paths = write_mp_cifs(snapshot, all_ids, out / "mp_cifs")
+    # GPAW pairs come from the full selection whatever --max-materials says (a fixed set: finished
+    # single points stay in use); every model relaxes them too, so they can be compared with GPAW
+    gpaw_sel = gpaw_pair_materials([snapshot[m] for m in all_ids], max_pairs=args.gpaw_pairs,
+                                   seed=args.seed) if args.gpaw_pairs > 0 else None
+    in_bench = set(ids)
+    gpaw_extra = [m for m in (gpaw_sel["material_ids"] if gpaw_sel else []) if m not in in_bench]
+    relax_ids = ids + gpaw_extra
 
     phases = {}
     t = time.perf_counter()
-    relaxed = run_relaxations(models, ids, cif_paths, args, out)
+    relaxed = run_relaxations(models, relax_ids, cif_paths, args, out)
     phases["relax_wall_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    scored = run_scoring(models, ids, relaxed, snapshot, cif_paths, args, out)
+    scored_all = run_scoring(models, relax_ids, relaxed, snapshot, cif_paths, args, out)
     phases["score_wall_s"] = time.perf_counter() - t
-    log(f"{len(scored)}/{len(ids)} materials relaxed by every model and scored")
+    scored = {m: scored_all[m] for m in ids if m in scored_all}
+    log(f"{len(scored)}/{len(ids)} materials relaxed by every model and scored"
+        + (f" (+ {sum(m in scored_all for m in gpaw_extra)}/{len(gpaw_extra)} GPAW pair materials beyond them)"
+           if gpaw_extra else ""))
 
-    gpaw_sel = gpaw_pair_materials([snapshot[m] for m in ids], max_pairs=args.gpaw_pairs,
-                                   seed=args.seed) if args.gpaw_pairs > 0 else None
     t = time.perf_counter()
     gpaw = run_gpaw(gpaw_sel["material_ids"] if gpaw_sel else [], cif_paths, args, out)
     phases["gpaw_wall_s"] = time.perf_counter() - t
@@ -375,7 +399,8 @@ def main() -> None:
                    if r.get("verdict") == "single_point" and r.get("energy_per_atom") is not None}
     pair_formulas = {m: snapshot[m]["formula_pretty"] for m in gpaw_energy}
 
-    summaries = [summarize_model(m, scored, snapshot, gpaw_energy, pair_formulas) for m in models]
+    gpaw_scored = {m: scored_all[m] for m in gpaw_energy if m in scored_all}
+    summaries = [summarize_model(m, scored, snapshot, gpaw_energy, pair_formulas, gpaw_scored) for m in models]
     mp_gpaw = None
     if gpaw_energy:
         mp_ef = {m: snapshot[m]["formation_energy_per_atom"] for m in gpaw_energy}
@@ -386,7 +411,9 @@ def main() -> None:
     wall = time.perf_counter() - t0
     up1 = uptime()
     print(text)
-    print(f"\nmaterials: {len(scored)} scored of {len(ids)} selected ({selection['rule']})")
+    prefix = "" if len(ids) == len(all_ids) else f"the first {len(ids)} (--max-materials {args.max_materials}) of "
+    print(f"\nmaterials: {len(scored)} scored of {prefix}{len(all_ids)} selected ({selection['rule']}); "
+          f"scored: {selection_counts(list(scored), snapshot)}")
     if gpaw_sel:
         gsec = [r.get("cpu_seconds") for r in gpaw.values() if r.get("verdict") == "single_point"]
         print(f"GPAW: {len(gpaw_energy)}/{len(gpaw_sel['material_ids'])} single points, {gpaw_sel['n_pairs']} pairs "
@@ -400,7 +427,10 @@ def main() -> None:
         "table": text, "models": summaries, "energy_scales": scales, "choice": choice, "mp_vs_gpaw": mp_gpaw,
         "public_matbench_discovery": mm.PUBLIC_MATBENCH_DISCOVERY,
         "selection": {"rule": selection["rule"], "counts": selection["counts"], "seed": args.seed, "n": args.n,
-                      "scored": len(scored)},
+                      "max_materials": args.max_materials, "benchmark_materials": len(ids),
+                      "benchmark_counts": selection_counts(ids, snapshot), "scored": len(scored),
+                      "scored_counts": selection_counts(list(scored), snapshot),
+                      "gpaw_pair_materials_beyond_prefix": gpaw_extra},
         "gpaw": {k: v for k, v in (gpaw_sel or {}).items() if k != "material_ids"} | {
             "n_single_points": len(gpaw_energy),
             "core_seconds_per_single_point": _mean(r.get("cpu_seconds") for r in gpaw.values()),
@@ -416,8 +446,9 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, default=str))
     with open(out / "rows.jsonl", "w") as fh:
-        for mid, s in scored.items():
-            fh.write(json.dumps({"material_id": mid, "formula": snapshot[mid]["formula_pretty"],
+        for mid, s in scored_all.items():  # the benchmark's materials and GPAW pair materials beyond them
+            fh.write(json.dumps({"material_id": mid, "in_benchmark": mid in in_bench,
+                                 "formula": snapshot[mid]["formula_pretty"],
                                  "mp_formation_energy": snapshot[mid]["formation_energy_per_atom"],
                                  "mp_e_hull": snapshot[mid]["energy_above_hull"], "mp_e_hull_loo": s["mp_e_hull_loo"],
                                  "gpaw_energy_per_atom": gpaw_energy.get(mid), "rows": s["rows"]}, default=str) + "\n")

@@ -6,6 +6,8 @@ a leave-one-out partition sees them, and which polymorph pairs GPAW checks.
   or more polymorphs among cells of <= ``max_sites`` atoms (MP's cells are primitive; ``nsites``),
   as whole groups, plus single-polymorph ternaries and binaries (3:1); a smaller ``n`` takes a
   seeded subset of whole polymorph groups stratified by number of elements.
+  :func:`whole_group_prefix` -- the first materials of that seeded order, cut at a group's end (what
+  an interrupted run has finished is such a prefix; ``--max-materials`` of the benchmark).
 * :func:`score_material_task` -- one material's relaxed rows (one per model) scored with the
   platform's own code (:func:`dft.pipeline.score_relaxations`: MP2020 for raw-scale models, E_f
   against MP's elemental references, E_hull against :class:`dft.energetics.SnapshotHull`) where the
@@ -126,6 +128,39 @@ def select_materials(rows: Sequence[Mapping], *, n: int | None = None, seed: int
         "left_out_without_mp_energy": no_energy,
     }
     return {"material_ids": ids, "polymorph_formulas": sorted(chosen), "rule": rule, "counts": counts}
+
+
+def whole_group_prefix(material_ids: Sequence[str], formulas: Mapping[str, str], n: int) -> list[str]:
+    """The first ``n`` materials of the seeded order (``select_materials``'s ``material_ids``),
+    extended to the end of the polymorph group the cut falls in, so the prefix holds whole groups
+    only. A group's members are contiguous in that order and no two units share a formula, so the
+    group at the cut is the run of materials with the last one's formula. ``formulas``: material ->
+    formula. ``n >= len(material_ids)``: all of them."""
+    ids = list(material_ids)
+    if n <= 0:
+        return []
+    end = min(n, len(ids))
+    while end < len(ids) and formulas[ids[end]] == formulas[ids[end - 1]]:
+        end += 1
+    return ids[:end]
+
+
+def selection_counts(material_ids: Sequence[str], rows: Mapping[str, Mapping]) -> dict:
+    """Counts of a (sub)selection: materials, polymorph formulas (>= 2 members in it) and their
+    materials, single materials, by number of elements, ternary fraction."""
+    groups: dict[str, int] = defaultdict(int)
+    for m in material_ids:
+        groups[rows[m]["formula_pretty"]] += 1
+    poly = {f: k for f, k in groups.items() if k >= 2}
+    return {
+        "materials": len(material_ids),
+        "polymorph_formulas": len(poly),
+        "polymorph_materials": sum(poly.values()),
+        "polymorph_pairs": sum(k * (k - 1) // 2 for k in poly.values()),
+        "single_polymorph_materials": len(material_ids) - sum(poly.values()),
+        "by_nelements": {str(k): v for k, v in sorted(_count(rows[m]["nelements"] for m in material_ids).items())},
+        "ternary_fraction": round(sum(rows[m]["nelements"] == 3 for m in material_ids) / max(len(material_ids), 1), 3),
+    }
 
 
 def _count(values) -> dict:

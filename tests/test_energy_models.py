@@ -13,7 +13,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from dft import model_metrics as mm
-from dft.energy_benchmark import F_BLOCK, MP_U_ELEMENTS, gpaw_pair_materials, select_materials
+from dft.energy_benchmark import (
+    F_BLOCK, MP_U_ELEMENTS, gpaw_pair_materials, select_materials, selection_counts, whole_group_prefix)
 
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
@@ -161,6 +162,36 @@ def test_small_selection_takes_whole_groups(snapshot_rows):
     others = ids - {m for f in sel["polymorph_formulas"] for m in groups[f]}
     assert all(by_id[m]["nelements"] in (2, 3) and by_id[m]["formula_pretty"] not in groups for m in others)
     assert sel != select_materials(snapshot_rows, n=40, seed=4)
+
+
+def test_whole_group_prefix_hand_worked():
+    ids = ["a1", "b1", "b2", "b3", "c1", "d1", "d2"]
+    formulas = {"a1": "A", "b1": "B", "b2": "B", "b3": "B", "c1": "C", "d1": "D", "d2": "D"}
+    assert whole_group_prefix(ids, formulas, 0) == []
+    assert whole_group_prefix(ids, formulas, 1) == ["a1"]
+    assert whole_group_prefix(ids, formulas, 2) == ["a1", "b1", "b2", "b3"]  # the cut falls in B: B kept whole
+    assert whole_group_prefix(ids, formulas, 4) == ids[:4]
+    assert whole_group_prefix(ids, formulas, 6) == ids
+    assert whole_group_prefix(ids, formulas, 100) == ids
+
+
+def test_prefix_of_the_full_selection_holds_whole_groups(snapshot_rows):
+    """What a stopped run finished (--max-materials): a prefix of the seeded order in which every
+    polymorph group of the full selection is either whole or absent."""
+    groups = _polymorph_groups(snapshot_rows)
+    by_id = {r["material_id"]: r for r in snapshot_rows}
+    ids = select_materials(snapshot_rows, n=None, seed=0)["material_ids"]
+    formulas = {m: by_id[m]["formula_pretty"] for m in ids}
+    for n in (1, 150, 320, 1000):
+        prefix = whole_group_prefix(ids, formulas, n)
+        assert n <= len(prefix) < n + 20 and prefix == ids[:len(prefix)]
+        kept = set(prefix)
+        for f in {formulas[m] for m in prefix}:
+            assert f not in groups or set(groups[f]) <= kept
+        counts = selection_counts(prefix, by_id)
+        assert counts["materials"] == len(prefix)
+        assert counts["polymorph_materials"] + counts["single_polymorph_materials"] == len(prefix)
+        assert counts["polymorph_formulas"] == len({formulas[m] for m in prefix if formulas[m] in groups})
 
 
 def test_gpaw_pairs_skip_hubbard_and_f_elements(snapshot_rows):
