@@ -3,7 +3,7 @@ platform's own code path.
 
     .venv/bin/python benchmarks/energy_models.py [--models chgnet,sevennet-0,...] [--n N] [--seed 0]
         [--max-materials N] [--gpaw-pairs 20] [--workers 2] [--relax-path serial|batched] [--batch 40]
-        [--results-dir .wycryst/energy_models] [--json PATH] [--score-only | --gpaw-only]
+        [--results-dir .wycryst/energy_models] [--json PATH] [--score-only | --gpaw-only | --relax-only]
 
 What it does (every step resumable: per-task result files under ``--results-dir``):
 
@@ -217,7 +217,7 @@ def run_gpaw(pair_ids, cif_paths, args, out: Path) -> dict[str, dict]:
     tasks = {mid: {"cif_path": cif_paths[mid], "engine": "gpaw", "mode": "single_point",
                    "workdir": str(gdir / "work" / mid), "settings": settings, "timeout_s": args.gpaw_timeout}
              for mid in pair_ids}
-    if args.score_only:
+    if args.score_only or args.relax_only:
         return {k: r for k in tasks if (r := read_result(gdir, k)) is not None}
     config = ComputeConfig(mode="local", max_workers=args.workers, chunk_size=1, threads_per_task=1)
     return run_tasks(refine_task, tasks, config, gdir, log=log)
@@ -349,6 +349,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "energy_models.json")
     parser.add_argument("--score-only", action="store_true", help="no new relaxations or single points")
     parser.add_argument("--gpaw-only", action="store_true", help="no new relaxations; GPAW single points run")
+    parser.add_argument("--relax-only", action="store_true",
+                        help="relaxations run (the benchmark's and the GPAW pair materials'); no new single points")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     t0, up0 = time.perf_counter(), uptime()
