@@ -203,7 +203,8 @@ def run_scoring(models, ids, relaxed, snapshot, cif_paths, args, out: Path) -> d
         if "rows" not in r:
             log(f"scoring {key} failed: {r.get('reason')}")
             continue
-        scored[r["material_id"]] = {"mp_e_hull_loo": r["mp_e_hull_loo"], "rows": {row["model"]: row for row in r["rows"]}}
+        scored[r["material_id"]] = {"mp_e_hull_loo": r["mp_e_hull_loo"],
+                                    "rows": {row["model"]: row for row in r["rows"]}}
     return scored
 
 
@@ -324,6 +325,30 @@ def table(summaries: list[dict], mp_gpaw: dict | None) -> str:
         "GPAW = pairs ordered as GPAW PBE orders them (n) / MAE of the pair energy difference)"
 
 
+def markdown_table(summaries: list[dict], mp_gpaw: dict | None) -> str:
+    """The same table as :func:`table`, as Markdown (benchmarks/results/energy_models.md, README)."""
+    head = ["model", "n", "failed", "E_f MAE", "E_hull MAE", "F1 @0", "F1 @0.1", "order all (pairs)",
+            "order < 20 meV (pairs)", "\\|ΔV/V\\|", "\\|Δa/a\\|", "symmetry kept", "core-s / relax",
+            "GPAW order (pairs)", "GPAW ΔE MAE"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summaries:
+        o, oc, go = s["ordering"], s["ordering_close"], s.get("gpaw_ordering") or {}
+        cells = [s["model"], str(s["n_materials"]), str(s["n_failed"]), fmt(s["ef_mae"], ".1f", 1000),
+                 fmt(s["e_hull_mae"], ".1f", 1000), fmt(s["f1_0"]["f1"]), fmt(s["f1_0.1"]["f1"]),
+                 f"{fmt(o['accuracy'], '.1%')} ({o['n_pairs']})", f"{fmt(oc['accuracy'], '.1%')} ({oc['n_pairs']})",
+                 fmt(s["volume_mare"], ".2%"), fmt(s["abc_mare"], ".2%"), fmt(s["symmetry_kept"], ".1%"),
+                 fmt(s["core_seconds_per_relaxation"], ".2f"),
+                 f"{fmt(go.get('accuracy'), '.1%')} ({go.get('n_pairs', 0)})" if go else "-",
+                 fmt(s.get("gpaw_pair_mae"), ".1f", 1000)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if mp_gpaw:
+        go = mp_gpaw["ordering"]
+        cells = ["MP (PBE/PBE+U)"] + [""] * 12 + [f"{fmt(go['accuracy'], '.1%')} ({go['n_pairs']})",
+                                                   fmt(mp_gpaw["pair_mae"], ".1f", 1000)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -407,8 +432,15 @@ def main() -> None:
     if gpaw_energy:
         mp_ef = {m: snapshot[m]["formation_energy_per_atom"] for m in gpaw_energy}
         mae, n = mm.pair_difference_mae(gpaw_energy, mp_ef, pair_formulas)
-        mp_gpaw = {"ordering": mm.pair_ordering(gpaw_energy, mp_ef, pair_formulas).as_dict(), "pair_mae": mae, "n_pairs": n}
+        mp_gpaw = {"ordering": mm.pair_ordering(gpaw_energy, mp_ef, pair_formulas).as_dict(),
+                   "pair_mae": mae, "n_pairs": n}
     choice = mm.rank_models({s["model"]: s for s in summaries})
+    # compute in the stored results (process CPU time, whichever run made them): the load-independent cost
+    relax_core_s = sum(r.get("cpu_seconds") or 0.0 for s in scored.values() for r in s["rows"].values())
+    gpaw_core_s = sum(r.get("cpu_seconds") or 0.0 for r in gpaw.values())
+    cost = (f"core-s in the stored results: {relax_core_s:.0f} for the {len(scored) * len(models)} relaxations "
+            f"({relax_core_s / 3600:.2f} core-h), {gpaw_core_s:.0f} for {len(gpaw)} GPAW single points "
+            f"({gpaw_core_s / 3600:.2f} core-h)")
     text = table(summaries, mp_gpaw)
     wall = time.perf_counter() - t0
     up1 = uptime()
@@ -423,6 +455,7 @@ def main() -> None:
               f"{gpaw_sel['excluded']}), mean {fmt(_mean(gsec), '.0f')} core-s per single point")
     for k in ("decider", "fast", "phonon"):
         print(f"{k}: {choice['reasons'].get(k, choice.get(k))}")
+    print(cost)
     print(f"wall {wall / 60:.1f} min; uptime at start: {up0}; at end: {up1}")
 
     report = {
@@ -437,16 +470,31 @@ def main() -> None:
             "n_single_points": len(gpaw_energy),
             "core_seconds_per_single_point": _mean(r.get("cpu_seconds") for r in gpaw.values()),
             "failed": {m: r.get("reason") for m, r in gpaw.items() if r.get("verdict") != "single_point"},
-            "geometry": "MP's structure (single point)", "settings": "dft.gpaw_engine defaults (PBE, 600 eV, k 3.5/A^-1)"},
+            "geometry": "MP's structure (single point)",
+            "settings": "dft.gpaw_engine defaults (PBE, 600 eV, k 3.5/A^-1)"},
         "settings": {"fmax": args.fmax, "max_steps": args.max_steps, "workers": args.workers,
                      "relax_path": args.relax_path, "batch_materials": args.batch,
                      "hull": "snapshot hull without the material itself (matbench-discovery style)",
                      "close_pair_eV": CLOSE_PAIR, "tie_tolerance_eV": mm.TIE_TOLERANCE},
+        "core_seconds_stored": {"relaxations": round(relax_core_s, 1), "gpaw": round(gpaw_core_s, 1)},
         "wall_s": round(wall, 1), "phases_wall_s": {k: round(v, 1) for k, v in phases.items()},
         "uptime_start": up0, "uptime_end": up1, "cpus": os.cpu_count(), "score_only": args.score_only,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, default=str))
+    command = "benchmarks/energy_models.py " + " ".join(sys.argv[1:])
+    md = [f"# Energy models against MP's DFT\n\n`{command}`\n",
+          f"Materials: {len(scored)} scored (every model finished) of {len(ids)} "
+          f"({prefix or 'the full selection of '}{len(all_ids)}); {selection_counts(list(scored), snapshot)}.\n",
+          "MAEs in meV/atom vs MP (E_hull against the snapshot hull without the material, MP's own too, so "
+          "E_hull MAE = E_f MAE by construction); order = same-formula pairs ordered as MP orders them "
+          "(ties within 1 meV/atom not scored); GPAW = pairs of the GPAW subset ordered as GPAW PBE (single "
+          "points at MP's geometry) orders them, and the MAE of the pair energy difference.\n",
+          markdown_table(summaries, mp_gpaw)]
+    md += [f"- {k}: {choice['reasons'].get(k, choice.get(k))}" for k in ("decider", "fast", "phonon")]
+    md.append(f"\n{cost}.")
+    md.append(f"\nWall time of this command {wall / 60:.1f} min; uptime at start: {up0}; at end: {up1}\n")
+    args.json.with_suffix(".md").write_text("\n".join(md))
     with open(out / "rows.jsonl", "w") as fh:
         for mid, s in scored_all.items():  # the benchmark's materials and GPAW pair materials beyond them
             fh.write(json.dumps({"material_id": mid, "in_benchmark": mid in in_bench,
