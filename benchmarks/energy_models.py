@@ -22,8 +22,13 @@ What it does (every step resumable: per-task result files under ``--results-dir`
    SevenNet-0 1.6-1.7, SevenNet-l3i5 2.8-4.2, SevenNet-MF-0 1.7-1.8 core-s per relaxation.
    Batched relaxer (``--n 40``; energies equal to the serial ones within 2e-6 eV/atom): 0.49,
    1.03, 3.73, 1.08 -> 6.3 core-s per material for all four models, 3,432 x 6.3 = 21.7k core-s
-   = 3.0 h of the 2 cores: within the ~3 h budget, so every polymorph group is in (the wall time
-   is longer on a shared machine).
+   = 3.0 h of the 2 cores if they were idle.
+   What the recorded run finished (README "Energy models"): on the shared machine (load 3-12)
+   the first 328 materials of the seeded order (119 polymorph formulas, 296 polymorph materials,
+   32 single ones; 54 % ternary) were relaxed by all four models in ~2.2 h wall, and the table
+   is ``--max-materials 328``. Its batched relaxations cost 0.56 / 1.40 / 3.86 / 1.47 core-s
+   (CHGNet / SevenNet-0 / -l3i5 / -MF-0), 7.3 core-s per material, so the whole selection is
+   ~7 h of one core (3.5 h of the 2 cores when idle).
 2. Relaxation: each model relaxes MP's structure with the platform's relaxer
    (FixSymmetry + FrechetCellFilter + FIRE, fmax 0.05, centred cells in their primitive cell)
    through ``dft.hpc.run_tasks``, one result file per model x material: batched
@@ -51,15 +56,19 @@ What it does (every step resumable: per-task result files under ``--results-dir`
    PBE minimum for these U-free compounds, close to GPAW's own (a GPAW relax would cost 10-50x).
    Per model: the fraction of pairs ordered as GPAW orders them and the MAE of the pair energy
    difference (model E_f difference vs GPAW energy-per-atom difference; references cancel within
-   a formula); MP's own row shows how far MP's PBE agrees with this GPAW. Cost measured: 87-129
-   core-s for 4-6-site cells, 248 core-s on average over the first 5 single points of <= 8 sites
-   (600 eV, k-density 3.5/A^-1; 10-25 min wall each at load 8-12 on the 2 cores); 20 pairs (the
-   default) are ~25 single points, ~0.9 h of the 2 cores when idle.
+   a formula); MP's own row shows how far MP's PBE agrees with this GPAW. The pairs are drawn from
+   the full selection whatever ``--max-materials`` says (a fixed set, so finished single points
+   stay in use), and every model relaxes their materials too. A material whose single point
+   fails (e.g. no PAW setup for an element here: La) is a failed row with the reason in the JSON,
+   and its pairs drop out. Cost measured in the recorded run (14 single points of 2-8 sites,
+   600 eV, k-density 3.5/A^-1): 43-1017 core-s, mean 298; 2-28 min wall each at load 3-12 on the
+   2 cores (one 6-site cell, 23 SCF iterations, timed out at 1800 s wall under load 12 and
+   finished in 1017 core-s when rerun). 20 pairs (the default) are 24 single points, ~2 core-h.
    ``--gpaw-only`` runs this step alone (e.g. beside a relaxation run).
 6. ``dft.model_metrics.rank_models`` picks fast / decider / phonon models (rule in its docstring).
 
 Prints one table (rows = models) and writes ``--json`` (default benchmarks/results/energy_models.json)
-with the table, every metric, the selection rule and numbers, uptime at start and end and the wall
+and the table as Markdown next to it (``.md``, with the command and the choice), the JSON with the table, every metric, the selection rule and numbers, uptime at start and end and the wall
 time; per-material rows go to ``<results-dir>/rows.jsonl`` (outside the tracked tree).
 ``--score-only`` skips missing relaxations / single points and scores what exists (partial numbers).
 """
