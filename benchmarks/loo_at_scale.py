@@ -263,7 +263,9 @@ def main() -> None:
                         st["filter"][variant] = {"seconds": s, "unique": m["sampled"].value, "passed_genes": m["passed"].value,
                                                  "sampled": m["held_out_gene_sampled"].value,
                                                  "passed": m["held_out_gene_passed"].value,
-                                                 "rank_by_hits": m["held_out_gene_rank_by_hits"].value,
+                                                 # absent when the held-out gene was not sampled
+                                                 "rank_by_hits": getattr(m.get("held_out_gene_rank_by_hits"), "value",
+                                                                         None),
                                                  "reasons": m["held_out_gene_reasons"].value}
                     else:
                         st["filter"][variant] = {"seconds": s, "error": _error_text(res)}
@@ -474,7 +476,8 @@ def _row(base: dict, st: dict, filter_variant: str, trial_variant: str | None) -
     if f.get("error"):
         row.update(error=f["error"], error_stage="filters")
     row.update(sampled=f.get("sampled", st.get("sample", {}).get("sampled")), passed=f.get("passed"),
-               rank_by_hits=f.get("rank_by_hits"), reasons=[r for r in (f.get("reasons") or "").split(", ")
+               rank_by_hits=f.get("rank_by_hits") if (f.get("rank_by_hits") or 0) > 0 else None,  # -1: not sampled
+               reasons=[r for r in (f.get("reasons") or "").split(", ")
                                                             if r and r not in ("-", "not sampled")])
     s = (st.get("structures") or {}).get(trial_variant) if trial_variant else None
     if s:
