@@ -72,6 +72,8 @@ def parse_args():
     ap.add_argument("--prototypes", type=int, default=2, help="prototype trials per gene in the 'prototypes' variant")
     ap.add_argument("--refine", action="store_true", help="also refined_structures (GPAW) before loo_report")
     ap.add_argument("--json", default="", help="results file (default <home>/loo_at_scale/results.json)")
+    ap.add_argument("--also-home", default="", help="homes of other invocations of the same draw (comma-separated): "
+                    "the table takes a partition's stored stages from whichever home holds the most of them")
     return ap.parse_args()
 
 
@@ -261,7 +263,9 @@ def main() -> None:
                         st["filter"][variant] = {"seconds": s, "unique": m["sampled"].value, "passed_genes": m["passed"].value,
                                                  "sampled": m["held_out_gene_sampled"].value,
                                                  "passed": m["held_out_gene_passed"].value,
-                                                 "rank_by_hits": m["held_out_gene_rank_by_hits"].value,
+                                                 # absent when the held-out gene was not sampled
+                                                 "rank_by_hits": getattr(m.get("held_out_gene_rank_by_hits"), "value",
+                                                                         None),
                                                  "reasons": m["held_out_gene_reasons"].value}
                     else:
                         st["filter"][variant] = {"seconds": s, "error": _error_text(res)}
@@ -292,11 +296,16 @@ def main() -> None:
                           f"recovered={part.get('recovered')} {part.get('why_not', '')}", flush=True)
 
     # --- the table
-    passed_rank = _rank_among_passed(warehouse, entries)
+    homes = [bench, *(Bench(argparse.Namespace(**{**vars(args), "home": h})) for h in args.also_home.split(",") if h)]
+
+    def stored(key: str) -> dict:  # the home that ran the most stages of this partition (this one on ties)
+        return max((h.state(key) for h in homes), key=len)
+
+    passed_rank = _rank_among_passed([h.home / "warehouse.duckdb" for h in homes], entries)
     rows = []
     for index, entry in enumerate(entries):
         key = entry["partition"]
-        st = bench.state(key)
+        st = stored(key)
         if only and key not in only:
             continue
         base = {"partition": key, "task": entry["task"], "crystal_system": entry["crystal_system"],
@@ -309,7 +318,8 @@ def main() -> None:
     result_rows = [r for r in rows if r["filter_variant"] == filter_variants[-1]]
     final_variant = trial_variants[-1] if trial_variants else None
     final = [r for r in result_rows if r["trial_variant"] in (final_variant, None)]
-    cols = ["partition", "task", "crystal_system", "chemistry", "origins", "sampled", "passed", "rank_among_passed",
+    cols = ["partition", "task", "crystal_system", "chemistry", "origins", "sampled", "passed", "rank_by_hits",
+            "rank_among_passed",
             "in_budget", "relaxed", "sg_kept", "lattice_err", "gs_rank", "recovered", "best_origin", "stage", "reason"]
     print(f"\n## Rediscovery table (filters: size on the {filter_variants[-1]} cell; trials: {final_variant})\n")
     print(markdown_table(final, cols))
@@ -338,7 +348,7 @@ def main() -> None:
     wall = time.perf_counter() - wall_start
     stage_seconds = {}
     for entry in entries:
-        st = bench.state(entry["partition"])
+        st = stored(entry["partition"])
         for name in ("train", "sample"):
             stage_seconds[name] = stage_seconds.get(name, 0.0) + float(st.get(name, {}).get("seconds", 0.0))
         for v in (st.get("filter") or {}).values():
@@ -391,23 +401,26 @@ def _before_after(rows: list[dict], entries: list[dict], filter_variants: list[s
     return out
 
 
-def _rank_among_passed(warehouse: Path, entries: list[dict]) -> dict:
+def _rank_among_passed(warehouses: list[Path], entries: list[dict]) -> dict:
     """partition -> the held-out gene's rank by hits among the partition's passed genes (the order
-    the trial budget is spent in for polymorphs; ground states add one gene per space group)."""
+    the trial budget is spent in for polymorphs; ground states add one gene per space group), from
+    the first warehouse that filtered the partition."""
     import duckdb
 
     out = {}
-    try:
-        con = duckdb.connect(str(warehouse), read_only=True)
-        rows = con.execute("SELECT target, gene_key, hits FROM filtered_genes WHERE passed").pl()
-        con.close()
-    except duckdb.Error:
-        return out
-    for entry in entries:
-        mine = rows.filter(rows["target"] == entry["partition"]).sort(["hits", "gene_key"], descending=[True, False])
-        keys = mine["gene_key"].to_list()
-        if entry.get("gene_key") in keys:
-            out[entry["partition"]] = keys.index(entry["gene_key"]) + 1
+    for warehouse in warehouses:
+        try:
+            con = duckdb.connect(str(warehouse), read_only=True)
+            rows = con.execute("SELECT target, gene_key, hits FROM filtered_genes WHERE passed").pl()
+            con.close()
+        except duckdb.Error:
+            continue
+        for entry in entries:
+            mine = rows.filter(rows["target"] == entry["partition"]).sort(["hits", "gene_key"], descending=[True, False])
+            if entry["partition"] in out or mine.is_empty():
+                continue
+            keys = mine["gene_key"].to_list()
+            out[entry["partition"]] = keys.index(entry["gene_key"]) + 1 if entry.get("gene_key") in keys else None
     return out
 
 
@@ -463,7 +476,8 @@ def _row(base: dict, st: dict, filter_variant: str, trial_variant: str | None) -
     if f.get("error"):
         row.update(error=f["error"], error_stage="filters")
     row.update(sampled=f.get("sampled", st.get("sample", {}).get("sampled")), passed=f.get("passed"),
-               rank_by_hits=f.get("rank_by_hits"), reasons=[r for r in (f.get("reasons") or "").split(", ")
+               rank_by_hits=f.get("rank_by_hits") if (f.get("rank_by_hits") or 0) > 0 else None,  # -1: not sampled
+               reasons=[r for r in (f.get("reasons") or "").split(", ")
                                                             if r and r not in ("-", "not sampled")])
     s = (st.get("structures") or {}).get(trial_variant) if trial_variant else None
     if s:

@@ -9,27 +9,34 @@ crystals), ``recovered``.
 
 :func:`failure_stage` names the first stage that lost the held-out gene, in pipeline order:
 training / origins / sampling -> filters -> trial_budget -> trials -> relaxation -> symmetry ->
-lattice -> ranking; ``None`` when recovered (or, without structures, when it passed).
+lattice -> ranking; ``None`` when recovered (or, without structures, when it passed); ``not run``
+when the benchmark stopped before a stage that decides (a partial run: no sampling or filter
+verdict yet, or structures planned -- ``structures_planned`` -- but not run).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+NOT_RUN = "not run"
 STAGES = ("training", "origins", "sampling", "filters", "trial_budget", "trials", "relaxation", "symmetry",
-          "lattice", "ranking")
+          "lattice", "ranking", NOT_RUN)
 
 
 def failure_stage(row: dict) -> tuple[str | None, str]:
     """(stage, reason) of the first loss of the held-out gene; (None, "") when nothing was lost."""
     if row.get("error"):
         return row.get("error_stage") or "training", str(row["error"])
+    if row.get("sampled") is None:
+        return NOT_RUN, "sampling not run"
     if not row.get("sampled"):
         return "sampling", "held-out gene never decoded"
+    if row.get("passed") is None:
+        return NOT_RUN, "filters not run"
     if not row.get("passed"):
         return "filters", ", ".join(row.get("reasons") or []) or "filtered out"
     if row.get("in_budget") is None:
-        return None, ""
+        return (NOT_RUN, "structures not run") if row.get("structures_planned") else (None, "")
     if not row["in_budget"]:
         return "trial_budget", f"rank {row.get('rank_by_hits')} by hits; not among the genes given trials"
     if not row.get("trials_ok"):

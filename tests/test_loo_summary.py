@@ -23,6 +23,16 @@ def test_first_lost_stage_in_pipeline_order():
     assert failure_stage({**BASE, "task": "polymorph", "gs_rank": 3}) == (None, "")  # polymorphs need no rank
 
 
+def test_a_partial_run_says_not_run_instead_of_a_loss():
+    assert failure_stage({**BASE, "sampled": None, "passed": None}) == ("not run", "sampling not run")
+    assert failure_stage({**BASE, "passed": None}) == ("not run", "filters not run")
+    planned = {**BASE, "in_budget": None, "structures_planned": True}
+    assert failure_stage(planned) == ("not run", "structures not run")
+    assert failure_stage({**planned, "structures_planned": False}) == (None, "")
+    assert stage_counts([planned, {**BASE, "passed": False}]) == [{"stage": "filters", "partitions": 1},
+                                                                   {"stage": "not run", "partitions": 1}]
+
+
 def test_rates_leave_out_unmeasured_rows():
     rows = [BASE, {**BASE, "crystal_system": "triclinic", "recovered": False, "gs_rank": 2},
             {**BASE, "crystal_system": "triclinic", "passed": False, "recovered": None, "in_budget": None}]
