@@ -12,7 +12,7 @@ from dft.model_choice import DEFAULT_RESCORE_MAX_E_ABOVE_HULL, DEFAULT_RESCORER,
 from dft.relax import MODELS
 from wycryst_assets import settings
 from wycryst_assets.assets.snapshot import mp_snapshot
-from wycryst_assets.assets.structures import RELAXED_SCHEMA, relaxed_structures
+from wycryst_assets.assets.structures import RELAXED_SCHEMA, RelaxSettings, relaxed_structures
 from wycryst_assets.cpu import cpu_budget
 from wycryst_assets.io import frame, load_model_manifest
 from wycryst_assets.partitions import targets_partitions
@@ -30,8 +30,8 @@ RESCORED_SCHEMA = {
 }
 
 
-class RescoredStructuresConfig(dg.Config):
-    """Which genes the decider re-relaxes, and how (same relaxation path as relaxed_structures)."""
+class RescoredStructuresConfig(RelaxSettings):
+    """Which genes the decider re-relaxes; how (RelaxSettings) as in relaxed_structures."""
 
     # a dft.relax.MODELS name, or "none": the fast model's numbers pass through (status "passthrough")
     rescorer: Literal[tuple(MODELS) + (NO_RESCORER,)] = DEFAULT_RESCORER
@@ -39,10 +39,6 @@ class RescoredStructuresConfig(dg.Config):
     max_e_above_hull: Optional[float] = DEFAULT_RESCORE_MAX_E_ABOVE_HULL
     # ... and/or the K lowest-E_f genes of each formula (None: not used; both None: every gene)
     top_k_per_formula: Optional[int] = None
-    fmax: float = 0.05  # eV/Angstrom
-    max_steps: int = 300
-    primitive_cell: bool = True
-    batched: bool = True
 
 
 @dg.asset(

@@ -133,11 +133,10 @@ def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresC
     })
 
 
-class RelaxedStructuresConfig(dg.Config):
-    """Symmetry-constrained relaxation (FixSymmetry + FrechetCellFilter + FIRE) of every built trial."""
+class RelaxSettings(dg.Config):
+    """How a symmetry-constrained relaxation (FixSymmetry + FrechetCellFilter + FIRE) runs; shared
+    by relaxed_structures and the cascade's rescored_structures."""
 
-    # a dft.relax.MODELS name: chgnet, sevennet-0, sevennet-l3i5, sevennet-mf0
-    relaxer: Literal[tuple(RELAXERS)] = DEFAULT_RELAXER  # the cascade's fast model (dft.model_choice)
     fmax: float = 0.05  # eV/Angstrom, atoms and cell
     max_steps: int = 300
     # centred cells (I/F/C/A/R) relaxed in their primitive cell (same result, 1.4-2.5x faster
@@ -146,6 +145,13 @@ class RelaxedStructuresConfig(dg.Config):
     # relax a chunk's trials together, one model call per step (dft.batch_relax; same verdicts and
     # energies within 1 meV/atom, benchmarks/batch_relax_benchmark.py); False: one at a time
     batched: bool = True
+
+
+class RelaxedStructuresConfig(RelaxSettings):
+    """Symmetry-constrained relaxation of every built trial with the fast model."""
+
+    # a dft.relax.MODELS name: chgnet, sevennet-0, sevennet-l3i5, sevennet-mf0
+    relaxer: Literal[tuple(RELAXERS)] = DEFAULT_RELAXER  # the cascade's fast model (dft.model_choice)
 
 
 @dg.asset(
