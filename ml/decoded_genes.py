@@ -306,15 +306,13 @@ def _json_list(col: str) -> pl.Expr:
     return pl.concat_str([pl.lit("["), pl.col(col).list.eval(quoted).list.join(", "), pl.lit("]")])
 
 
-def genes_table(keys, hits, ef_sum, gap_sum) -> tuple[pl.DataFrame, dict]:
-    """Distinct decoded rows -> (one row per gene, equivalent configurations merged by gene_key;
-    counts of invalid rows). Same table as ``ml.sampling.genes_from_decoded``."""
-    rows = gene_rows(keys)
-    hits = np.asarray(hits, dtype=np.int64)
-    df = rows.frame.with_columns(pl.Series("hits", hits, dtype=pl.Int64),
-                                 pl.Series("ef_sum", np.asarray(ef_sum, dtype=np.float64)),
-                                 pl.Series("gap_sum", np.asarray(gap_sum, dtype=np.float64)))
-    table = (
+def merge_by_gene_key(df: pl.DataFrame, configurations_json: pl.Expr) -> pl.DataFrame:
+    """Decoded configurations (``formula``, ``space_group``, ``wyckoff``, ``gene_key``, ``hits``,
+    ``ef_sum``, ``gap_sum``) -> one row per gene: equivalent configurations merged by ``gene_key``
+    (the most-hit configuration names the gene), hits summed, hit-weighted mean predicted E_f and
+    band gap, the configurations as a JSON list (``configurations_json``, an expression over the
+    list column ``configurations``), most hits first. Both sampling paths build their table here."""
+    return (
         df.sort(["hits", "wyckoff"], descending=[True, False])
         .group_by("gene_key", maintain_order=True)
         .agg(
@@ -323,12 +321,22 @@ def genes_table(keys, hits, ef_sum, gap_sum) -> tuple[pl.DataFrame, dict]:
             (pl.col("ef_sum").sum() / pl.col("hits").sum()).alias("predicted_formation_energy"),
             (pl.col("gap_sum").sum() / pl.col("hits").sum()).alias("predicted_band_gap"),
         )
-        .with_columns(pl.col("configurations").list.len().alias("n_configurations"),
-                      _json_list("configurations").alias("configurations"))
+        .with_columns(pl.col("configurations").list.len().alias("n_configurations"), configurations_json)
         .sort(["hits", "gene_key"], descending=[True, False])
         .select("formula", "space_group", "wyckoff", "gene_key", "hits", "n_configurations", "configurations",
                 "predicted_formation_energy", "predicted_band_gap")
     )
+
+
+def genes_table(keys, hits, ef_sum, gap_sum) -> tuple[pl.DataFrame, dict]:
+    """Distinct decoded rows -> (one row per gene, equivalent configurations merged by gene_key;
+    counts of invalid rows). Same table as ``ml.sampling.genes_from_decoded``."""
+    rows = gene_rows(keys)
+    hits = np.asarray(hits, dtype=np.int64)
+    df = rows.frame.with_columns(pl.Series("hits", hits, dtype=pl.Int64),
+                                 pl.Series("ef_sum", np.asarray(ef_sum, dtype=np.float64)),
+                                 pl.Series("gap_sum", np.asarray(gap_sum, dtype=np.float64)))
+    table = merge_by_gene_key(df, _json_list("configurations").alias("configurations"))
     stats = {
         "decoded_rows_without_atoms": int(rows.rows_without_atoms.sum()),
         "decoded_points_without_atoms": int(hits[rows.rows_without_atoms].sum()),

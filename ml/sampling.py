@@ -156,21 +156,10 @@ def genes_from_decoded(keys, hits, ef_sum, gap_sum) -> pl.DataFrame:
     df = pl.DataFrame(rows, schema={"formula": pl.String, "space_group": pl.Int32, "wyckoff": pl.String,
                                     "gene_key": pl.String, "hits": pl.Int64, "ef_sum": pl.Float64,
                                     "gap_sum": pl.Float64}, orient="row")
-    return (
-        df.sort(["hits", "wyckoff"], descending=[True, False])
-        .group_by("gene_key", maintain_order=True)
-        .agg(
-            pl.col("formula").first(), pl.col("space_group").first(), pl.col("wyckoff").first(),
-            pl.col("hits").sum(), pl.col("wyckoff").alias("configurations"),
-            (pl.col("ef_sum").sum() / pl.col("hits").sum()).alias("predicted_formation_energy"),
-            (pl.col("gap_sum").sum() / pl.col("hits").sum()).alias("predicted_band_gap"),
-        )
-        .with_columns(pl.col("configurations").list.len().alias("n_configurations"),
-                      pl.col("configurations").map_elements(lambda c: json.dumps(list(c)), return_dtype=pl.String))
-        .sort(["hits", "gene_key"], descending=[True, False])
-        .select("formula", "space_group", "wyckoff", "gene_key", "hits", "n_configurations", "configurations",
-                "predicted_formation_energy", "predicted_band_gap")
-    )
+    from ml.decoded_genes import merge_by_gene_key
+
+    return merge_by_gene_key(df, pl.col("configurations").map_elements(lambda c: json.dumps(list(c)),
+                                                                       return_dtype=pl.String))
 
 
 @torch.no_grad()
