@@ -3,7 +3,7 @@
 Same points, same network, same decoded rows, same hits and property sums as the reference
 :func:`ml.sampling.sample_decoded`, with less work per point:
 
-* the noise is drawn with the same generator calls (one ``standard_normal`` per batch, in order,
+* the noise is drawn from the same stream (:class:`ml.latent_noise.LatentNoise`, one draw per batch, in order,
   in the calling thread), and the origin shift is applied in place per run of one origin's points;
 * on a CPU, one batch per torch thread is decoded at once, each single-threaded and in chunks of
   1,024 points that stay in cache (matrix products give the same values however the rows are
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ml.latent_noise import LatentNoise
 from ml.row_hash import unique_rows
 from ml.tensors import COUNT, COUNT_SCALE, ELEMENT, LETTERS, N_ELEMENTS, N_FEATURES, decode_arrays
 from ml.wyckoff import N_LETTERS, multiplicity_matrix
@@ -186,13 +187,14 @@ def decode_and_merge(module, origin_latent: np.ndarray, samples_per_origin: int,
     """Perturb + decode + merge identical rows. Returns (keys (M, 88) int32, hits, ef_sum, gap_sum,
     seconds, stats) with keys, hits and sums equal to the reference's.
 
-    The noise is drawn in order in the calling thread (the reference's generator calls); up to
+    The noise is drawn in order in the calling thread (the reference's stream,
+    :class:`ml.latent_noise.LatentNoise`); up to
     ``workers`` batches are decoded concurrently, each in chunks of ``chunk`` points (the
     products' values do not depend on how the rows are split), and the merged batches are folded
     in batch order. With more than one worker, torch's (process-wide) thread count is 1 while
     this runs and restored afterwards."""
     module.eval()
-    rng = np.random.default_rng(seed)
+    noise_source = LatentNoise(seed)
     origin_latent = np.ascontiguousarray(origin_latent, dtype=np.float32)
     sigma = (np.ones_like(origin_latent) if origin_sigma is None
              else np.ascontiguousarray(origin_sigma, dtype=np.float32))
@@ -240,7 +242,7 @@ def decode_and_merge(module, origin_latent: np.ndarray, samples_per_origin: int,
 
             while done < total:
                 b = min(batch_size, total - done)
-                noise = rng.standard_normal((b, dim), dtype=np.float32)  # the reference's draws
+                noise = noise_source.draw(b, dim)  # the reference's draws
                 in_flight.append(pool.submit(decode_batch, noise, done))
                 done += b
                 while len(in_flight) > workers:
