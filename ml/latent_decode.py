@@ -3,17 +3,17 @@
 Same points, same network, same decoded rows, same hits and property sums as the reference
 :func:`ml.sampling.sample_decoded`, with less work per point:
 
-* the noise is drawn with the same generator calls (one ``standard_normal`` per batch, in order,
+* the noise is drawn from the same stream (:class:`ml.latent_noise.LatentNoise`, one draw per batch, in order,
   in the calling thread), and the origin shift is applied in place per run of one origin's points;
 * on a CPU, one batch per torch thread is decoded at once, each single-threaded and in chunks of
   1,024 points that stay in cache (matrix products give the same values however the rows are
   split or threaded; the fixed-seed test checks it), and merged batches are folded in batch order;
 * of the decoder's 3 x 135 array outputs only the columns that decoding reads are computed: the
   27 Wyckoff letter counts per slot and the logits of the allowed elements (all 94 without an
-  element constraint) — one smaller matrix product with the same weights — and the three layers
-  that read the latent point run as one product with stacked weights (each output column is
-  computed as in the separate full products: the same floats, checked bit for bit by the tests
-  and the benchmark);
+  element constraint) — one smaller matrix product with the same weights (each output column is
+  computed as in the full product: the same floats, checked bit for bit by the tests and the
+  benchmark); the three layers that read the latent point run as three products whose outputs
+  are used in place (stacking them into one product cost a copy of each slice, ~8 % more CPU);
 * argmax, rounding and the empty-slot rule run in torch on the batch, and each point becomes one
   compact uint8 row (elements, letter counts, space group) that is merged with a 64-bit row hash
   (:func:`ml.row_hash.unique_rows`, exact) instead of ``np.unique`` over 352-byte rows; atom counts
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ml.latent_noise import LatentNoise
 from ml.row_hash import unique_rows
 from ml.tensors import COUNT, COUNT_SCALE, ELEMENT, LETTERS, N_ELEMENTS, N_FEATURES, decode_arrays
 from ml.wyckoff import N_LETTERS, multiplicity_matrix
@@ -45,9 +46,8 @@ _COMPACT_WIDTH = 88  # uint8: element + 1 (3), letter counts (81), space group (
 
 
 def _rest(sequential: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """The layers of ``sequential`` after its first, on a contiguous copy of ``x`` (ReLU in place:
-    same values)."""
-    x = x.contiguous()
+    """The layers of ``sequential`` after its first, on ``x`` (contiguous; ReLU in place: same
+    values)."""
     for layer in list(sequential)[1:]:
         x = torch.relu_(x) if isinstance(layer, torch.nn.ReLU) else layer(x)
     return x
@@ -56,9 +56,8 @@ def _rest(sequential: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 class _Heads:
     """The decoder pieces that decoding reads, from a trained PVAE module.
 
-    For the dense decoder the three first layers that read the latent point (decoder input,
-    space-group decoder, property head) run as one matrix product with their weights stacked,
-    and the array decoder computes only the allowed elements' logits and the letter counts."""
+    For the dense decoder the array decoder computes only the allowed elements' logits and the
+    letter counts."""
 
     def __init__(self, module, element_mask: np.ndarray | None):
         net = module.net
@@ -76,10 +75,7 @@ class _Heads:
             index = torch.as_tensor(cols, device=module.device)
             self.weight = net.array_decoder.weight.index_select(0, index).contiguous()
             self.bias = net.array_decoder.bias.index_select(0, index).contiguous()
-            self.first_weight = torch.cat([f.weight for f in firsts]).contiguous()
-            self.first_bias = torch.cat([f.bias for f in firsts]).contiguous()
-            widths = np.cumsum([0] + [f.out_features for f in firsts])
-            self.spans = [slice(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:])]
+            self.firsts = firsts
         self.allowed_t = torch.as_tensor(self.allowed, device=module.device)
 
     def _outputs(self, z: torch.Tensor):
@@ -90,11 +86,11 @@ class _Heads:
             recon, sg_logits = net.decode(z)
             return (recon[:, :, ELEMENT].index_select(2, self.allowed_t), recon[:, :, LETTERS], sg_logits,
                     module.predict_properties(z))
-        first = F.linear(z, self.first_weight, self.first_bias)
-        h = _rest(net.decoder_input, first[:, self.spans[0]])
+        first = [F.linear(z, f.weight, f.bias) for f in self.firsts]  # contiguous outputs: no copies
+        h = _rest(net.decoder_input, first[0])
         out = F.linear(h, self.weight, self.bias).view(-1, N_SLOTS, self.k + N_LETTERS)
-        sg_logits = _rest(net.sg_decoder, first[:, self.spans[1]])
-        props = _rest(net.property_head, first[:, self.spans[2]]) * module.target_std + module.target_mean
+        sg_logits = _rest(net.sg_decoder, first[1])
+        props = _rest(net.property_head, first[2]) * module.target_std + module.target_mean
         return out[:, :, :self.k], out[:, :, self.k:], sg_logits, props
 
     def rows(self, z: torch.Tensor, out: np.ndarray, props: np.ndarray) -> bool:
@@ -186,13 +182,14 @@ def decode_and_merge(module, origin_latent: np.ndarray, samples_per_origin: int,
     """Perturb + decode + merge identical rows. Returns (keys (M, 88) int32, hits, ef_sum, gap_sum,
     seconds, stats) with keys, hits and sums equal to the reference's.
 
-    The noise is drawn in order in the calling thread (the reference's generator calls); up to
+    The noise is drawn in order in the calling thread (the reference's stream,
+    :class:`ml.latent_noise.LatentNoise`); up to
     ``workers`` batches are decoded concurrently, each in chunks of ``chunk`` points (the
     products' values do not depend on how the rows are split), and the merged batches are folded
     in batch order. With more than one worker, torch's (process-wide) thread count is 1 while
     this runs and restored afterwards."""
     module.eval()
-    rng = np.random.default_rng(seed)
+    noise_source = LatentNoise(seed)
     origin_latent = np.ascontiguousarray(origin_latent, dtype=np.float32)
     sigma = (np.ones_like(origin_latent) if origin_sigma is None
              else np.ascontiguousarray(origin_sigma, dtype=np.float32))
@@ -240,7 +237,7 @@ def decode_and_merge(module, origin_latent: np.ndarray, samples_per_origin: int,
 
             while done < total:
                 b = min(batch_size, total - done)
-                noise = rng.standard_normal((b, dim), dtype=np.float32)  # the reference's draws
+                noise = noise_source.draw(b, dim)  # the reference's draws
                 in_flight.append(pool.submit(decode_batch, noise, done))
                 done += b
                 while len(in_flight) > workers:

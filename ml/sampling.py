@@ -1,7 +1,8 @@
 """Latent-space sampling: Gaussian perturbations of origin latents, decoded in large batches.
 
 For each origin gene the encoder's latent mean is perturbed ``samples_per_origin`` times with
-N(0, ``noise_scale``^2) noise (the reference code: 5,000 perturbations, scale ~1.4); every point is
+N(0, ``noise_scale``^2) noise (the reference code: 5,000 perturbations, scale ~1.4; the draws come from
+one seeded stream, :class:`ml.latent_noise.LatentNoise`, shared by both paths); every point is
 decoded (argmax elements and space group, rounded counts). Identical decoded rows are merged per
 batch and across batches, the distinct rows become genes, and equivalent Wyckoff configurations
 merge under one ``gene_key``.
@@ -28,6 +29,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from ml.latent_noise import LatentNoise
 from ml.genes import GeneError, gene_key, wyckoff_json
 from ml.tensors import COUNT, COUNT_SCALE, ELEMENT, LETTERS, DecodedGenes, GeneArrays, decode_arrays, decoded_to_genes
 
@@ -105,7 +107,7 @@ def sample_decoded(module, origin_latent: np.ndarray, config: SamplingConfig,
 
     ``origin_sigma`` (n_origins, latent) scales the noise per origin and dimension when given."""
     module.eval()
-    rng = np.random.default_rng(config.seed)
+    noise_source = LatentNoise(config.seed)
     origin_latent = np.asarray(origin_latent, dtype=np.float32)
     sigma = np.ones_like(origin_latent) if origin_sigma is None else np.asarray(origin_sigma, dtype=np.float32)
     n_origins, dim = origin_latent.shape
@@ -118,7 +120,7 @@ def sample_decoded(module, origin_latent: np.ndarray, config: SamplingConfig,
     while done < total:
         b = min(config.batch_size, total - done)
         origin_index = (np.arange(done, done + b) // config.samples_per_origin).astype(np.int64)
-        noise = rng.standard_normal((b, dim), dtype=np.float32) * np.float32(config.noise_scale)
+        noise = noise_source.draw(b, dim) * np.float32(config.noise_scale)
         z = origin_latent[origin_index] + noise * sigma[origin_index]
         zt = torch.from_numpy(z).to(device)
         recon, sg_logits = module.net.decode(zt)

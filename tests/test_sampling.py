@@ -354,3 +354,21 @@ def test_conv_decoder_fast_path_equals_reference():
     assert_same_table(fast, reference)
     with pytest.raises(ValueError, match="implementation"):
         sample_genes(module, origins, SamplingConfig(**cfg, implementation="vectorised"))
+
+
+def test_latent_noise_is_one_seeded_standard_normal_stream():
+    """Both sampling paths draw from ml.latent_noise: the same seed gives the same points however
+    the draws are split into batches (latent width 256), another seed other points, and the draws
+    are standard normal (KS test against scipy's normal, mean and spread of 1M draws)."""
+    from scipy import stats
+
+    from ml.latent_noise import LatentNoise
+
+    whole = LatentNoise(7).draw(12, 256)
+    parts = LatentNoise(7)
+    split = np.concatenate([parts.draw(2, 256), parts.draw(3, 256), parts.draw(7, 256)])
+    assert whole.dtype == np.float32 and np.array_equal(whole, split)
+    assert not np.array_equal(whole, LatentNoise(8).draw(12, 256))
+    many = LatentNoise(0).draw(4096, 256).astype(np.float64).ravel()
+    assert abs(many.mean()) < 0.005 and abs(many.std() - 1.0) < 0.005
+    assert stats.kstest(many[:200_000], "norm").pvalue > 1e-3
