@@ -125,6 +125,18 @@ def _pretty_label(label: str) -> str:
     return label.replace("\\Gamma", "Γ").replace("\\Sigma", "Σ").replace("_", "").replace("$", "")
 
 
+def phonopy_for(primitive: Structure, supercell_matrix):
+    """A ``Phonopy`` object whose primitive cell is ``primitive`` itself (``primitive_matrix="P"``).
+
+    The cell is already the symmetrized primitive cell, and the band path and the near-Gamma test
+    are computed in its reciprocal basis. phonopy >= 4 reads ``primitive_matrix=None`` as "auto",
+    which may re-orient the cell (a tetragonal cell with its 4-fold axis along a comes back with
+    the axes permuted), so q-points given in this cell's basis would be read in another one."""
+    from phonopy import Phonopy
+
+    return Phonopy(_to_phonopy_atoms(primitive), supercell_matrix=supercell_matrix, primitive_matrix="P")
+
+
 def _to_phonopy_atoms(structure: Structure):
     from phonopy.structure.atoms import PhonopyAtoms
 
@@ -193,7 +205,6 @@ def phonon_verdict(
 
 def _run(result: PhononResult, structure, calculator, supercell_min_length, displacement, mesh,
          tolerance_thz, acoustic_tolerance_thz, gamma_radius, symprec, band_points) -> None:
-    from phonopy import Phonopy
     from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections
 
     primitive, result.space_group = symmetrized_primitive(structure, symprec=symprec)
@@ -201,7 +212,7 @@ def _run(result: PhononResult, structure, calculator, supercell_min_length, disp
     result.supercell_matrix = supercell_matrix
     result.n_atoms_primitive = len(primitive)
 
-    phonon = Phonopy(_to_phonopy_atoms(primitive), supercell_matrix=supercell_matrix, primitive_matrix=None)
+    phonon = phonopy_for(primitive, supercell_matrix)
     phonon.generate_displacements(distance=displacement)
     supercells = phonon.supercells_with_displacements
     result.n_atoms_supercell = len(phonon.supercell)

@@ -257,3 +257,26 @@ def test_cubic_srtio3_with_chgnet_is_unstable():
     assert result.verdict == "unstable", result.reason
     assert result.min_frequency_thz < -1.0
     assert result.n_displacements == 3 and result.n_atoms_supercell == 40
+
+
+def test_phonopy_keeps_the_given_primitive_cell():
+    """A tetragonal CsCl-type cell with its 4-fold axis along a: phonopy's "auto" primitive cell
+    (its default for primitive_matrix=None since v4) permutes the axes, so q-points in this
+    cell's basis (the band path, the near-Gamma test) would be read in another basis. The
+    platform's Phonopy keeps the cell it is given, axis for axis."""
+    import warnings
+
+    from phonopy import Phonopy
+
+    from dft.phonons import _to_phonopy_atoms, phonopy_for
+
+    cell = Structure(Lattice.orthorhombic(4.6, 4.0, 4.0), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = Phonopy(_to_phonopy_atoms(cell), supercell_matrix=np.eye(3, dtype=int) * 2, primitive_matrix=None)
+    assert not np.allclose(auto.primitive.cell, cell.lattice.matrix)  # the case the fix is for
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no PrimitiveMatrixAutoDefaultWarning either
+        ours = phonopy_for(cell, np.eye(3, dtype=int) * 2)
+    assert np.allclose(ours.primitive.cell, cell.lattice.matrix)
+    assert np.allclose(ours.primitive.scaled_positions, cell.frac_coords)
