@@ -247,7 +247,7 @@ def main() -> None:
             part.update(facts, refine_s=f_s)
             if mats and rescorer != NO_RESCORER:
                 part["fast_only"] = _fast_only_verdict(warehouse, key, args.refine)
-            part.update(_trial_facts(warehouse, key, entry))
+            part.update(_trial_facts(warehouse, key, entry), **_same_crystal(warehouse, key, entry))
             return part, c_s
         only = {t for t in args.targets.split(",") if t}
         filter_variants = [v for v in args.filter_variants.split(",") if v]
@@ -400,10 +400,13 @@ def main() -> None:
             print(f"\n### Fast model alone vs the cascade, trials: {tv} ({len(judged)} partitions the decider "
                   f"ran on; {sum(bool(r['decider_rescored']) for r in judged)} with the held-out gene rescored)\n")
             print(markdown_table(judged, ["partition", "task", "crystal_system", "decided_by", "sg_kept_fast", "sg_kept",
-                                          "lattice_err_fast", "lattice_err", "gs_rank_fast", "gs_rank", "margin_fast_mev",
+                                          "same_crystal_fast", "same_crystal", "lattice_err_fast", "lattice_err", "gs_rank_fast", "gs_rank", "margin_fast_mev",
                                           "margin_decider_mev", "recovered_fast", "recovered", "stage", "reason"]) + "\n")
-            print(markdown_table(rates(these, None, ("recovered_fast", "recovered"))) + "\n")
-            print(markdown_table(rates(these, "task", ("recovered_fast", "recovered"))) + "\n")
+            planned = [r for r in result_rows if r["structures_planned"] and r["trial_variant"] in (tv, None)]
+            print(f"Recovered over the {len(planned)} partitions planned for structures (a held-out gene lost "
+                  "before them counts as not recovered by either):\n")
+            for by in (None, "task", "crystal_system", "chemistry"):
+                print(markdown_table(rates(planned, by, ("recovered_fast", "recovered"))) + "\n")
     print("\n### Where the held-out gene was lost\n")
     print(markdown_table(stage_counts(final)))
     fixes = _before_after(rows, entries, filter_variants, trial_variants)
@@ -467,8 +470,7 @@ def _before_after(rows: list[dict], entries: list[dict], filter_variants: list[s
                                            and err_before <= 0.03)
             row["recovered_after"] = bool(proto.get("recovered")) if proto else (rec_random if "prototypes" not in
                                                                                trial_variants else False)
-            if proto and proto.get("recovered_fast") is not None:
-                row["recovered_after_fast"] = bool(proto["recovered_fast"])
+            row["recovered_after_fast"] = bool(proto.get("recovered_fast")) if proto else row["recovered_after"]
         out.append(row)
     return out
 
@@ -547,6 +549,36 @@ def _verdict_text(part: dict) -> str:
     return text + (f"; rescoring failed: {part['rescore_error']}" if part.get("rescore_error") else "")
 
 
+def _same_crystal(warehouse: Path, key: str, entry: dict) -> dict:
+    """Whether the held-out gene's relaxed structure is the held-out material's crystal (snapshot
+    CIF; ml.loo_summary.same_arrangement), by the fast model (``same_crystal_fast``) and by the
+    model that judged it (``same_crystal``: the decider where it rescored the gene)."""
+    import duckdb
+    from pymatgen.core import Structure
+
+    from ml.loo_summary import same_arrangement
+
+    ref = fast = decided = None
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        ref = con.execute("SELECT cif FROM materials WHERE material_id = ?", [entry["material_id"]]).fetchone()
+        fast = con.execute("SELECT relaxed_cif FROM relaxed_structures WHERE target = ? AND gene_key = ? AND best_trial "
+                           "AND relaxed_cif IS NOT NULL", [key, entry["gene_key"]]).fetchone()
+        decided = con.execute("SELECT relaxed_cif FROM rescored_structures WHERE target = ? AND gene_key = ? AND "
+                              "status = 'rescored' AND relaxed_cif IS NOT NULL", [key, entry["gene_key"]]).fetchone()
+    except duckdb.Error:  # no rescored_structures table yet
+        pass
+    finally:
+        con.close()
+    if not ref or not fast:
+        return {}
+    reference = Structure.from_str(ref[0], fmt="cif")
+    out = {"same_crystal_fast": same_arrangement(Structure.from_file(fast[0]), reference)}
+    out["same_crystal"] = same_arrangement(Structure.from_file(decided[0]), reference) if decided else out[
+        "same_crystal_fast"]
+    return out
+
+
 def _fast_only_verdict(warehouse: Path, key: str, refine: bool) -> dict:
     """The fast model's own verdict on the partition's relaxations: dft.loo.loo_verdict on the
     tables loo_report reads, without the decider's rows."""
@@ -592,6 +624,7 @@ def _row(base: dict, st: dict, filter_variant: str, trial_variant: str | None) -
         row.update(in_budget=s.get("in_budget"), trials_ok=s.get("trials_ok"), relaxed=s.get("relaxed"),
                    sg_after=s.get("sg_after"), best_origin=s.get("best_origin"),
                    lattice_err_before_fix=s.get("lattice_err_before_fix"), genes_rescored=s.get("genes_rescored"),
+                   same_crystal=s.get("same_crystal"), same_crystal_fast=s.get("same_crystal_fast"),
                    **model_figures(s, s.get("fast_only")))
         if s.get("error"):
             row.update(error=s["error"], error_stage="report")

@@ -50,10 +50,22 @@ def failure_stage(row: dict) -> tuple[str | None, str]:
     by = f" ({row['decided_by']})" if row.get("decided_by") else ""
     if not row.get("lattice_ok"):
         err = row.get("lattice_err")
-        return "lattice", f"max lattice error {err:.3f}{by}" if isinstance(err, float) else "no lattice comparison"
+        what = {True: "; the held-out crystal, its cell off", False: "; another crystal than the held-out "
+                "material's (same gene, other positions)"}.get(row.get("same_crystal"), "")
+        return "lattice", f"max lattice error {err:.3f}{by}{what}" if isinstance(err, float) else "no lattice comparison"
     if row.get("task") == "ground_state" and row.get("gs_rank") != 1:
         return "ranking", f"ground-state rank {row.get('gs_rank')}{by}"
     return None, ""
+
+
+def same_arrangement(relaxed, reference) -> bool:
+    """Whether a relaxed structure is the reference material's crystal up to its cell: pymatgen's
+    StructureMatcher at its default tolerances with volumes scaled (ltol 0.2, stol 0.3, angle_tol 5,
+    primitive cells). Tells a lattice loss of the right crystal (cell off: the energy model) from a
+    relaxation into another arrangement of the same Wyckoff gene (the trials)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return bool(StructureMatcher().fit(relaxed, reference))
 
 
 def model_figures(report: dict, fast: dict | None = None) -> dict:

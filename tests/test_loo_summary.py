@@ -105,3 +105,26 @@ def test_model_figures_keep_the_fast_verdict_beside_the_cascade(tmp_path):
     figs = model_figures(outside, fast_only)
     assert figs["decider_rescored"] is False and figs["decided_by"] == "chgnet"
     assert figs["margin_decider_mev"] is None and figs["recovered"] == figs["recovered_fast"] is False
+
+
+def test_a_lattice_loss_says_whether_it_is_the_held_out_crystal():
+    from pymatgen.core import Lattice, Structure
+
+    from ml.loo_summary import same_arrangement
+
+    def perovskite(a, o_sites):
+        return Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"], [[.5, .5, .5], [0, 0, 0], *o_sites])
+
+    d, c = [[0, 0, .5], [0, .5, 0], [.5, 0, 0]], [[0, .5, .5], [.5, 0, .5], [.5, .5, 0]]  # O on 3d / on 3c
+    reference = perovskite(3.905, d)
+    assert same_arrangement(perovskite(4.10, d), reference)  # 5 % larger cell: the same crystal
+    big = perovskite(4.10, d)
+    big.make_supercell([1, 1, 2])
+    assert same_arrangement(big, reference)  # in another cell too
+    assert not same_arrangement(perovskite(3.905, c), reference)  # same gene size, other positions
+    lost = {**BASE, "lattice_ok": False, "lattice_err": 0.12, "decided_by": "sevennet-0"}
+    assert failure_stage({**lost, "same_crystal": True}) == (
+        "lattice", "max lattice error 0.120 (sevennet-0); the held-out crystal, its cell off")
+    assert failure_stage({**lost, "same_crystal": False})[1].endswith("another crystal than the held-out material's "
+                                                                      "(same gene, other positions)")
+    assert failure_stage(lost)[1] == "max lattice error 0.120 (sevennet-0)"  # not compared
