@@ -340,9 +340,13 @@ def main() -> None:
                     and (stored_structures[in_warehouse].get("rescorer") in (None, NO_RESCORER) or "rescore" in bench.redo)):
                 old = stored_structures[in_warehouse]
                 part, c_s = cascade_report(key, entry, DEFAULT_RESCORER)
+                # the verdict before the first rescoring stays (a --redo rescore keeps it)
+                before = old.get("before_rescore") or {k: old.get(k) for k in (
+                    "rescorer", "recovered", "why_not", "lattice_max_error", "ground_state_rank", "energy_model")}
                 part.update(trial_s=old.get("trial_s"), relax_s=old.get("relax_s"), rescore_stage=True,
-                            before_rescore={k: old.get(k) for k in ("rescorer", "recovered", "why_not", "lattice_max_error",
-                                                                    "ground_state_rank", "energy_model")})
+                            before_rescore=before)
+                if old.get("rescore_s") is not None:  # a rerun finds the decider's relaxations stored: keep the first time
+                    part["rescore_s_first"] = old.get("rescore_s_first", old["rescore_s"])
                 if in_warehouse == "prototypes" and part.get("prototype_trials_relaxed") == 0:
                     print(f"warning: {key}: variant 'prototypes' stored but no prototype-seeded trial relaxed", flush=True)
                 st["structures"][in_warehouse] = part
@@ -427,7 +431,7 @@ def main() -> None:
         for v in (st.get("structures") or {}).values():
             stage_seconds["structures"] = stage_seconds.get("structures", 0.0) + float(v.get("trial_s") or 0.0) + float(
                 v.get("relax_s") or 0.0) + float(v.get("refine_s") or 0.0)
-            stage_seconds["rescore"] = stage_seconds.get("rescore", 0.0) + float(v.get("rescore_s") or 0.0)
+            stage_seconds["rescore"] = stage_seconds.get("rescore", 0.0) + float(v.get("rescore_s_first", v.get("rescore_s")) or 0.0)
     print(f"\nwall time of this invocation: {wall / 60:.1f} min; stored stage seconds (all invocations): "
           + ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_seconds.items()))
     out = Path(args.json) if args.json else bench.dir / "results.json"
