@@ -5,22 +5,30 @@ systems and 4 anion chemistries, <= 20 atoms primitive, never a published target
 writes them as a registry (``<home>/targets.json``; one ``model_group``, so one PVAE trained with
 all N left out serves every partition), and runs each partition in its own WYCRYST_HOME:
 pvae_model -> sampled_genes -> filtered_genes (once per --filter-variants; the last one stays) and,
-for the first --structures-n targets (draw order, so still stratified), trial_structures (budget
---max-genes genes) -> relaxed_structures (CHGNet) -> loo_report, once per --trial-variants
-(``random``: PyXtal trials only; ``prototypes``: + --prototypes prototype-seeded trials per gene;
-relaxations are stored per trial file, so the second variant only relaxes the new trials). DFT
-refinement is off unless --refine. Prints the rediscovery table, rates per task / crystal system
-/ chemistry, the stage where each held-out gene was lost, wall times; writes
-``<home>/loo_at_scale/results.json``.
+for the first --structures-n targets (draw order, so still stratified), the energy-model cascade
+as the asset graph runs it: trial_structures (budget --max-genes genes) -> relaxed_structures
+(the fast model, CHGNet) -> rescored_structures (the decider, SevenNet-0, re-relaxes and rescores
+the best trial of each gene in its window) -> loo_report, once per --trial-variants (``random``:
+PyXtal trials only; ``prototypes``: + --prototypes prototype-seeded trials per gene; relaxations
+are stored per trial file, so the second variant only relaxes the new trials). ``--no-rescore``:
+the fast model alone (rescorer "none", the behaviour before the cascade). Beside the cascade's
+verdict the benchmark keeps the fast model's own verdict on the same relaxations (``loo_verdict``
+without the decider): SG kept, lattice error, ground-state rank and margin, recovered by each.
+Stage ``rescore``: for partitions whose structures are stored (e.g. by a run before the cascade),
+only rescored_structures -> loo_report on the relaxations in the warehouse (those of the last
+trial variant run), without redoing trials or relaxations. DFT refinement is off unless --refine.
+Prints the rediscovery table (both models' columns), rates per task / crystal system /
+chemistry, fast model vs cascade, the stage where each held-out gene was lost, wall times;
+writes ``<home>/loo_at_scale/results.json``.
 
 Every stage is resumable: results per partition and stage are kept in
 ``<home>/loo_at_scale/state/<partition>.json`` and a rerun skips what is there (runs left
 "started" by a killed invocation are marked failed and their pool slots freed first; do not run
 two invocations on one home at once) (``--redo STAGE,...``
-reruns stages: base, draw, train, sample, filter, structures).
+reruns stages: base, draw, train, sample, filter, structures, rescore).
 
     .venv/bin/python benchmarks/loo_at_scale.py [--home .wycryst/loo-at-scale] [--n 30] [--seed 0]
-        [--stages train,sample,filter,structures] [--structures-n 12] [--max-genes 10]
+        [--stages train,sample,filter,structures,rescore] [--no-rescore] [--structures-n 12] [--max-genes 10]
         [--trial-variants random,prototypes] [--prototypes 2] [--filter-variants conventional,primitive]
         [--max-epochs 30] [--samples-per-origin 5000] [--max-latent-points 2000000] [--base-from DIR]
 """
@@ -39,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PUBLISHED_FORMULAS = ("CaTiO3", "BaTiO3", "SrTiO3", "CsPbI3", "CuInS2")
-ALL_STAGES = ("train", "sample", "filter", "structures")
+ALL_STAGES = ("train", "sample", "filter", "structures", "rescore")
 
 
 def parse_args():
@@ -53,7 +61,8 @@ def parse_args():
                     "'none': one PVAE per target")
     ap.add_argument("--stages", default=",".join(ALL_STAGES))
     ap.add_argument("--targets", default="", help="only these partitions (comma-separated)")
-    ap.add_argument("--redo", default="", help="stages to rerun although stored: base,draw,train,sample,filter,structures")
+    ap.add_argument("--redo", default="", help="stages to rerun although stored: "
+                    "base,draw,train,sample,filter,structures,rescore")
     ap.add_argument("--base-from", default="", help="copy the warehouse (snapshot, genes) and the synthesizability "
                     "model from another WYCRYST_HOME instead of building them")
     ap.add_argument("--max-epochs", type=int, default=30)
@@ -70,6 +79,8 @@ def parse_args():
                     help="trial_structures: random trials per gene (paper: DoF + 1; 0: no cap)")
     ap.add_argument("--trial-variants", default="random,prototypes")
     ap.add_argument("--prototypes", type=int, default=2, help="prototype trials per gene in the 'prototypes' variant")
+    ap.add_argument("--no-rescore", action="store_true", help="structures: the fast model alone (rescored_structures "
+                    "with rescorer 'none'), as before the cascade; drops the rescore stage")
     ap.add_argument("--refine", action="store_true", help="also refined_structures (GPAW) before loo_report")
     ap.add_argument("--json", default="", help="results file (default <home>/loo_at_scale/results.json)")
     ap.add_argument("--also-home", default="", help="homes of other invocations of the same draw (comma-separated): "
@@ -128,7 +139,9 @@ def main() -> None:
     from wycryst_assets.assets.genes import wyckoff_genes
     from wycryst_assets.assets.pvae import TrainingDevice, pvae_model
     from wycryst_assets.assets.refinement import refined_structures
+    from dft.model_choice import DEFAULT_RESCORER, NO_RESCORER
     from wycryst_assets.assets.report import loo_report
+    from wycryst_assets.assets.rescoring import rescored_structures
     from wycryst_assets.assets.sampling import filtered_genes, sampled_genes, synthesizability_model
     from wycryst_assets.assets.snapshot import mp_snapshot
     from wycryst_assets.assets.structures import relaxed_structures, trial_structures
@@ -206,6 +219,36 @@ def main() -> None:
         sync_target_partitions(instance)
 
         stages = [s for s in args.stages.split(",") if s]
+        if args.no_rescore and "rescore" in stages:
+            stages.remove("rescore")
+            print("--no-rescore: stage rescore skipped", flush=True)
+        rescorer = NO_RESCORER if args.no_rescore else DEFAULT_RESCORER
+
+        def cascade_report(key: str, entry: dict, rescorer: str) -> tuple[dict, float]:
+            """rescored_structures (rescorer "none": the fast model's numbers pass through, so no
+            older decider rows are read) -> [refined_structures] -> loo_report on the partition's
+            stored relaxations: the report row, the decider's counts, the fast model's own verdict
+            beside it (``fast_only``) and the trial facts; and the rescoring seconds."""
+            res, c_s = run([rescored_structures], key, {"rescored_structures": {"config": {"rescorer": rescorer}}})
+            mats = res.asset_materializations_for_node("rescored_structures")
+            facts = {"rescorer": rescorer, "rescore_s": c_s}
+            if mats:
+                m = mats[0].metadata
+                facts.update(genes_relaxed=m["genes"].value, genes_rescored=m["rescored"].value,
+                             rescore_core_min=m["core_minutes_rescoring"].value)
+            else:
+                facts["rescore_error"] = _error_text(res)
+            f_s = 0.0
+            if args.refine:
+                res, f_s = run([refined_structures], key)
+            res, _ = run([loo_report], key)
+            mats = res.asset_materializations_for_node("loo_report")
+            part = mats[0].metadata["this_partition"].value if mats else {"error": _error_text(res)}
+            part.update(facts, refine_s=f_s)
+            if mats and rescorer != NO_RESCORER:
+                part["fast_only"] = _fast_only_verdict(warehouse, key, args.refine)
+            part.update(_trial_facts(warehouse, key, entry), **_same_crystal(warehouse, key, entry))
+            return part, c_s
         only = {t for t in args.targets.split(",") if t}
         filter_variants = [v for v in args.filter_variants.split(",") if v]
         trial_variants = [v for v in args.trial_variants.split(",") if v]
@@ -215,6 +258,7 @@ def main() -> None:
                 continue
             st = bench.state(key)
             invalidated = False
+            ran_structures = False
 
             def wanted(stage: str, stored: bool) -> bool:
                 nonlocal invalidated
@@ -276,24 +320,39 @@ def main() -> None:
             if (index < args.structures_n and last_filter.get("passed") and "error" not in last_filter
                     and wanted("structures", "structures" in st and all(v in st["structures"] for v in trial_variants))):
                 st["structures"] = {}
+                ran_structures = True
                 for variant in trial_variants:
                     per_gene = args.prototypes if variant == "prototypes" else 0
                     res, t_s = run([trial_structures], key, {"trial_structures": {"config": {
                         "max_genes": args.max_genes, "prototypes_per_gene": per_gene,
                         "max_trials_per_gene": args.max_trials_per_gene or None}}})
                     res, r_s = run([relaxed_structures], key)
-                    f_s = 0.0
-                    if args.refine:
-                        res, f_s = run([refined_structures], key)
-                    res, _ = run([loo_report], key)
-                    mats = res.asset_materializations_for_node("loo_report")
-                    part = mats[0].metadata["this_partition"].value if mats else {"error": _error_text(res)}
-                    part.update(_trial_facts(warehouse, key, entry),
-                                trial_s=t_s, relax_s=r_s, refine_s=f_s)
+                    part, c_s = cascade_report(key, entry, rescorer)
+                    part.update(trial_s=t_s, relax_s=r_s)
                     st["structures"][variant] = part
                     bench.save(key, st)
-                    print(f"[{index + 1}/{len(entries)}] {key}: structures ({variant}) {t_s + r_s:.0f} s "
-                          f"recovered={part.get('recovered')} {part.get('why_not', '')}", flush=True)
+                    print(f"[{index + 1}/{len(entries)}] {key}: structures ({variant}) {t_s + r_s + c_s:.0f} s "
+                          f"{_verdict_text(part)}", flush=True)
+            stored_structures = st.get("structures") or {}
+            # the variants run in order and each replaces the partition's trials: the last is in the warehouse
+            in_warehouse = list(stored_structures)[-1] if stored_structures else None
+            if ("rescore" in stages and in_warehouse and not ran_structures
+                    and (stored_structures[in_warehouse].get("rescorer") in (None, NO_RESCORER) or "rescore" in bench.redo)):
+                old = stored_structures[in_warehouse]
+                part, c_s = cascade_report(key, entry, DEFAULT_RESCORER)
+                # the verdict before the first rescoring stays (a --redo rescore keeps it)
+                before = old.get("before_rescore") or {k: old.get(k) for k in (
+                    "rescorer", "recovered", "why_not", "lattice_max_error", "ground_state_rank", "energy_model")}
+                part.update(trial_s=old.get("trial_s"), relax_s=old.get("relax_s"), rescore_stage=True,
+                            before_rescore=before)
+                if old.get("rescore_s") is not None:  # a rerun finds the decider's relaxations stored: keep the first time
+                    part["rescore_s_first"] = old.get("rescore_s_first", old["rescore_s"])
+                if in_warehouse == "prototypes" and part.get("prototype_trials_relaxed") == 0:
+                    print(f"warning: {key}: variant 'prototypes' stored but no prototype-seeded trial relaxed", flush=True)
+                st["structures"][in_warehouse] = part
+                bench.save(key, st)
+                print(f"[{index + 1}/{len(entries)}] {key}: rescore ({in_warehouse}) {c_s:.0f} s {_verdict_text(part)}",
+                      flush=True)
 
     # --- the table
     homes = [bench, *(Bench(argparse.Namespace(**{**vars(args), "home": h})) for h in args.also_home.split(",") if h)]
@@ -319,9 +378,13 @@ def main() -> None:
     final_variant = trial_variants[-1] if trial_variants else None
     final = [r for r in result_rows if r["trial_variant"] in (final_variant, None)]
     cols = ["partition", "task", "crystal_system", "chemistry", "origins", "sampled", "passed", "rank_by_hits",
-            "rank_among_passed",
-            "in_budget", "relaxed", "sg_kept", "lattice_err", "gs_rank", "recovered", "best_origin", "stage", "reason"]
+            "rank_among_passed", "in_budget", "relaxed", "sg_kept", "lattice_err_fast", "lattice_err", "gs_rank_fast",
+            "gs_rank", "margin_fast_mev", "margin_decider_mev", "recovered_fast", "recovered", "decided_by",
+            "best_origin", "stage", "reason"]
     print(f"\n## Rediscovery table (filters: size on the {filter_variants[-1]} cell; trials: {final_variant})\n")
+    print("`*_fast`: the fast model alone (relaxed_structures); unsuffixed: the cascade, judged on the relaxation of "
+          "the model in `decided_by` (the decider where it rescored the held-out gene); margins: meV/atom to the "
+          "lowest rival crystal of the formula, positive = below every rival; stage/reason: the cascade's.\n")
     print(markdown_table(final, cols))
     for fv in filter_variants:
         these = [r for r in rows if r["filter_variant"] == fv and r["trial_variant"] in (final_variant, None)]
@@ -335,14 +398,26 @@ def main() -> None:
         print(f"\n### Recovered, trials: {tv} ({len(these)} partitions through loo_report)\n")
         for by in (None, "task", "crystal_system", "chemistry"):
             print(markdown_table(rates(these, by, ("sampled", "passed", "relaxed", "sg_kept", "lattice_ok",
-                                                  "recovered"))) + "\n")
+                                                  "recovered_fast", "recovered"))) + "\n")
+        judged = [r for r in these if r.get("decider_rescored") is not None]
+        if judged:
+            print(f"\n### Fast model alone vs the cascade, trials: {tv} ({len(judged)} partitions the decider "
+                  f"ran on; {sum(bool(r['decider_rescored']) for r in judged)} with the held-out gene rescored)\n")
+            print(markdown_table(judged, ["partition", "task", "crystal_system", "decided_by", "sg_kept_fast", "sg_kept",
+                                          "same_crystal_fast", "same_crystal", "lattice_err_fast", "lattice_err", "gs_rank_fast", "gs_rank", "margin_fast_mev",
+                                          "margin_decider_mev", "recovered_fast", "recovered", "stage", "reason"]) + "\n")
+            planned = [r for r in result_rows if r["structures_planned"] and r["trial_variant"] in (tv, None)]
+            print(f"Recovered over the {len(planned)} partitions planned for structures (a held-out gene lost "
+                  "before them counts as not recovered by either):\n")
+            for by in (None, "task", "crystal_system", "chemistry"):
+                print(markdown_table(rates(planned, by, ("recovered_fast", "recovered"))) + "\n")
     print("\n### Where the held-out gene was lost\n")
     print(markdown_table(stage_counts(final)))
     fixes = _before_after(rows, entries, filter_variants, trial_variants)
     if fixes:
         print("\n### Before / after the fixes (per partition; see the README of benchmarks for the rules)\n")
         fields = [f for f in ("passed_before", "passed_after", "recovered_before", "recovered_random",
-                              "recovered_after") if any(r.get(f) is not None for r in fixes)]
+                              "recovered_after_fast", "recovered_after") if any(r.get(f) is not None for r in fixes)]
         for by in (None, "task", "crystal_system", "chemistry"):
             print(markdown_table(rates(fixes, by, fields)) + "\n")
     wall = time.perf_counter() - wall_start
@@ -354,8 +429,9 @@ def main() -> None:
         for v in (st.get("filter") or {}).values():
             stage_seconds["filter"] = stage_seconds.get("filter", 0.0) + float(v.get("seconds", 0.0))
         for v in (st.get("structures") or {}).values():
-            stage_seconds["structures"] = stage_seconds.get("structures", 0.0) + float(v.get("trial_s", 0.0)) + float(
-                v.get("relax_s", 0.0)) + float(v.get("refine_s", 0.0))
+            stage_seconds["structures"] = stage_seconds.get("structures", 0.0) + float(v.get("trial_s") or 0.0) + float(
+                v.get("relax_s") or 0.0) + float(v.get("refine_s") or 0.0)
+            stage_seconds["rescore"] = stage_seconds.get("rescore", 0.0) + float(v.get("rescore_s_first", v.get("rescore_s")) or 0.0)
     print(f"\nwall time of this invocation: {wall / 60:.1f} min; stored stage seconds (all invocations): "
           + ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_seconds.items()))
     out = Path(args.json) if args.json else bench.dir / "results.json"
@@ -371,7 +447,8 @@ def _before_after(rows: list[dict], entries: list[dict], filter_variants: list[s
     and SMACT judging the target's own formula; ``passed_after`` = passed as now.
     ``recovered_before`` = recovered with random trials only, the held-out gene passed before, and
     its lattice within 3 % as read before the closest-basis fix; ``recovered_random`` = random
-    trials with every other fix; ``recovered_after`` = with prototype trials too."""
+    trials with every other fix; ``recovered_after`` = with prototype trials too (the cascade's
+    verdict where the decider ran; ``recovered_after_fast`` = the fast model's alone)."""
     from ml.filters import smact_verdict
 
     out = []
@@ -397,6 +474,7 @@ def _before_after(rows: list[dict], entries: list[dict], filter_variants: list[s
                                            and err_before <= 0.03)
             row["recovered_after"] = bool(proto.get("recovered")) if proto else (rec_random if "prototypes" not in
                                                                                trial_variants else False)
+            row["recovered_after_fast"] = bool(proto.get("recovered_fast")) if proto else row["recovered_after"]
         out.append(row)
     return out
 
@@ -438,7 +516,8 @@ def _release_dead_runs(instance) -> None:
 
 def _trial_facts(warehouse: Path, key: str, entry: dict) -> dict:
     """Whether the held-out gene got trials, how many built, the SG after and origin of its best
-    trial, and its lattice error as read before the closest-basis fix (standard cell at symprec 0.01)."""
+    trial (fast model), its lattice error as read before the closest-basis fix (standard cell at
+    symprec 0.01), and how many prototype-seeded trials of the partition were relaxed."""
     import duckdb
     from pymatgen.core import Structure
 
@@ -452,6 +531,8 @@ def _trial_facts(warehouse: Path, key: str, entry: dict) -> dict:
         genes = con.execute("SELECT count(DISTINCT gene_key) FROM trial_structures WHERE target = ?", [key]).fetchone()
         best = con.execute("SELECT sg_after, origin, relaxed_cif FROM relaxed_structures WHERE target = ? AND gene_key = ? "
                            "AND best_trial", [key, gene_key]).fetchone()
+        prototypes = con.execute("SELECT count(*) FROM relaxed_structures WHERE target = ? AND origin LIKE 'prototype%'",
+                                 [key]).fetchone()
     finally:
         con.close()
     before = None
@@ -460,11 +541,74 @@ def _trial_facts(warehouse: Path, key: str, entry: dict) -> dict:
                                  closest_basis=False).max_relative_error
     return {"in_budget": trials[0] > 0, "trials_ok": int(trials[1]), "genes_with_trials": int(genes[0]),
             "sg_after": best[0] if best else None, "best_origin": best[1] if best else None,
-            "lattice_err_before_fix": before}
+            "lattice_err_before_fix": before, "prototype_trials_relaxed": int(prototypes[0])}
+
+
+def _verdict_text(part: dict) -> str:
+    fast = part.get("fast_only") or {}
+    text = f"recovered={part.get('recovered')} {part.get('why_not', '')}".strip()
+    if part.get("rescorer") not in (None, "none"):
+        text += (f"; decided by {part.get('energy_model')} ({part.get('genes_rescored')} of {part.get('genes_relaxed')} "
+                 f"genes rescored); fast model alone: recovered={fast.get('recovered')} {fast.get('why_not', '')}")
+    return text + (f"; rescoring failed: {part['rescore_error']}" if part.get("rescore_error") else "")
+
+
+def _same_crystal(warehouse: Path, key: str, entry: dict) -> dict:
+    """Whether the held-out gene's relaxed structure is the held-out material's crystal (snapshot
+    CIF; ml.loo_summary.same_arrangement), by the fast model (``same_crystal_fast``) and by the
+    model that judged it (``same_crystal``: the decider where it rescored the gene)."""
+    import duckdb
+    from pymatgen.core import Structure
+
+    from ml.loo_summary import same_arrangement
+
+    ref = fast = decided = None
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        ref = con.execute("SELECT cif FROM materials WHERE material_id = ?", [entry["material_id"]]).fetchone()
+        fast = con.execute("SELECT relaxed_cif FROM relaxed_structures WHERE target = ? AND gene_key = ? AND best_trial "
+                           "AND relaxed_cif IS NOT NULL", [key, entry["gene_key"]]).fetchone()
+        decided = con.execute("SELECT relaxed_cif FROM rescored_structures WHERE target = ? AND gene_key = ? AND "
+                              "status = 'rescored' AND relaxed_cif IS NOT NULL", [key, entry["gene_key"]]).fetchone()
+    except duckdb.Error:  # no rescored_structures table yet
+        pass
+    finally:
+        con.close()
+    if not ref or not fast:
+        return {}
+    reference = Structure.from_str(ref[0], fmt="cif")
+    out = {"same_crystal_fast": same_arrangement(Structure.from_file(fast[0]), reference)}
+    out["same_crystal"] = same_arrangement(Structure.from_file(decided[0]), reference) if decided else out[
+        "same_crystal_fast"]
+    return out
+
+
+def _fast_only_verdict(warehouse: Path, key: str, refine: bool) -> dict:
+    """The fast model's own verdict on the partition's relaxations: dft.loo.loo_verdict on the
+    tables loo_report reads, without the decider's rows."""
+    import duckdb
+
+    from dft.loo import loo_verdict
+    from wycryst_assets.partitions import current_registry
+    from wycryst_assets.warehouse import read_table, table_exists
+
+    target = current_registry().get(key)
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        filt = read_table(con, "SELECT gene_key, passed FROM filtered_genes WHERE target = ?", [key])
+        best = read_table(con, "SELECT * FROM relaxed_structures WHERE target = ? AND best_trial", [key])
+        refined = read_table(con, "SELECT * FROM refined_structures WHERE target = ? AND energy_per_atom IS NOT NULL",
+                             [key]) if refine and table_exists(con, "refined_structures") else None
+    finally:
+        con.close()
+    row = loo_verdict(target, filt, best, refined, None)
+    return {k: row.get(k) for k in ("recovered", "why_not", "energy_model", "sg_kept", "lattice_within_tolerance",
+                                    "lattice_max_error", "ground_state_rank", "ground_state_margin_mev_fast",
+                                    "formation_energy_per_atom", "e_above_hull")}
 
 
 def _row(base: dict, st: dict, filter_variant: str, trial_variant: str | None) -> dict:
-    from ml.loo_summary import failure_stage
+    from ml.loo_summary import failure_stage, model_figures
 
     row = dict(base, filter_variant=filter_variant, trial_variant=trial_variant)
     for stage in ("train", "sample"):
@@ -482,10 +626,10 @@ def _row(base: dict, st: dict, filter_variant: str, trial_variant: str | None) -
     s = (st.get("structures") or {}).get(trial_variant) if trial_variant else None
     if s:
         row.update(in_budget=s.get("in_budget"), trials_ok=s.get("trials_ok"), relaxed=s.get("relaxed"),
-                   sg_kept=s.get("sg_kept"), sg_after=s.get("sg_after"), lattice_ok=s.get("lattice_within_tolerance"),
-                   lattice_err=s.get("lattice_max_error"), gs_rank=s.get("ground_state_rank"),
-                   recovered=s.get("recovered"), best_origin=s.get("best_origin"),
-                   lattice_err_before_fix=s.get("lattice_err_before_fix"))
+                   sg_after=s.get("sg_after"), best_origin=s.get("best_origin"),
+                   lattice_err_before_fix=s.get("lattice_err_before_fix"), genes_rescored=s.get("genes_rescored"),
+                   same_crystal=s.get("same_crystal"), same_crystal_fast=s.get("same_crystal_fast"),
+                   **model_figures(s, s.get("fast_only")))
         if s.get("error"):
             row.update(error=s["error"], error_stage="report")
     else:
@@ -493,7 +637,7 @@ def _row(base: dict, st: dict, filter_variant: str, trial_variant: str | None) -
     row["stage"], row["reason"] = failure_stage(row)
     if row["structures_planned"] and row["recovered"] is None and row["stage"] in ("training", "origins", "sampling",
                                                                                    "filters"):
-        row["recovered"] = False  # lost before the structure stage: known without running it
+        row["recovered"] = row["recovered_fast"] = False  # lost before the structure stage: known without running it
     return row
 
 

@@ -5,7 +5,9 @@ stages recorded -- ``error`` / ``error_stage`` (a run that raised), ``sampled``,
 ``reasons`` (filter reason codes of the held-out gene), ``in_budget`` (its gene got trial
 structures; None when the structure stage was not run), ``trials_ok``, ``relaxed``, ``sg_kept``,
 ``lattice_ok``, ``lattice_err``, ``gs_rank`` (ground-state rank among the formula's relaxed
-crystals), ``recovered``.
+crystals), ``recovered`` -- the energy-model cascade's figures (the decider's where it rescored the
+held-out gene; ``decided_by`` names the model) -- and the fast model's alone beside them
+(``*_fast``, :func:`model_figures`).
 
 :func:`failure_stage` names the first stage that lost the held-out gene, in pipeline order:
 training / origins / sampling -> filters -> trial_budget -> trials -> relaxation -> symmetry ->
@@ -45,12 +47,57 @@ def failure_stage(row: dict) -> tuple[str | None, str]:
         return "relaxation", "no relaxed trial"
     if not row.get("sg_kept"):
         return "symmetry", f"space group after relaxation {row.get('sg_after')}"
+    by = f" ({row['decided_by']})" if row.get("decided_by") else ""
     if not row.get("lattice_ok"):
         err = row.get("lattice_err")
-        return "lattice", f"max lattice error {err:.3f}" if isinstance(err, float) else "no lattice comparison"
+        what = {True: "; the held-out crystal, its cell off", False: "; another crystal than the held-out "
+                "material's (same gene, other positions)"}.get(row.get("same_crystal"), "")
+        return "lattice", f"max lattice error {err:.3f}{by}{what}" if isinstance(err, float) else "no lattice comparison"
     if row.get("task") == "ground_state" and row.get("gs_rank") != 1:
-        return "ranking", f"ground-state rank {row.get('gs_rank')}"
+        return "ranking", f"ground-state rank {row.get('gs_rank')}{by}"
     return None, ""
+
+
+def same_arrangement(relaxed, reference) -> bool:
+    """Whether a relaxed structure is the reference material's crystal up to its cell: pymatgen's
+    StructureMatcher at its default tolerances with volumes scaled (ltol 0.2, stol 0.3, angle_tol 5,
+    primitive cells). Tells a lattice loss of the right crystal (cell off: the energy model) from a
+    relaxation into another arrangement of the same Wyckoff gene (the trials)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return bool(StructureMatcher().fit(relaxed, reference))
+
+
+def model_figures(report: dict, fast: dict | None = None) -> dict:
+    """A benchmark row's structure-stage fields by model, from a ``loo_report`` row (``report``:
+    the cascade's verdict, :func:`dft.loo.loo_verdict` with the decider's rows) and the fast
+    model's own verdict on the same relaxations (``fast``: ``loo_verdict`` without the decider;
+    None when ``report`` was judged without a decider, e.g. a run before the cascade or with
+    rescorer "none": then both sets of columns are the report's).
+
+    Unsuffixed (``sg_kept``, ``lattice_ok``, ``lattice_err``, ``gs_rank``, ``recovered``): the
+    cascade's, from the model named in ``decided_by`` (the decider where it rescored the held-out
+    gene, else the fast model); ``*_fast``: the fast model alone; ``margin_fast_mev`` /
+    ``margin_decider_mev``: the held-out crystal's margin to the lowest rival crystal of its
+    formula by each model (meV/atom, positive = below every rival); ``decider_rescored``: whether
+    the decider rescored the held-out gene (None: no decider ran)."""
+    decider_ran = (report.get("decider_model") or "none") != "none"
+    rescored = report.get("ground_state_rank_decider") is not None or (
+        decider_ran and report.get("energy_model") == report.get("decider_model"))
+    own = report if fast is None else fast
+    return {
+        "decided_by": report.get("energy_model") or report.get("lattice_source"),
+        "decider_rescored": rescored if decider_ran else None,
+        "sg_kept": report.get("sg_kept"), "lattice_ok": report.get("lattice_within_tolerance"),
+        "lattice_err": report.get("lattice_max_error"), "gs_rank": report.get("ground_state_rank"),
+        "recovered": report.get("recovered"),
+        "sg_kept_fast": own.get("sg_kept"), "lattice_err_fast": own.get("lattice_max_error"),
+        "gs_rank_fast": report.get("ground_state_rank_fast", own.get("ground_state_rank_fast",
+                                                                         own.get("ground_state_rank"))),
+        "recovered_fast": own.get("recovered"),
+        "margin_fast_mev": report.get("ground_state_margin_mev_fast", own.get("ground_state_margin_mev_fast")),
+        "margin_decider_mev": report.get("ground_state_margin_mev_decider"),
+    }
 
 
 def _rate(values: list) -> str:
