@@ -31,7 +31,9 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from ase.calculators.calculator import Calculator
 
+from dft.chgnet_graph import crystal_graph
 from dft.relax import (
+    DEFAULT_OPTIMIZER,
     OPTIMIZERS,
     RELAX_SYMPREC,
     Relaxation,
@@ -122,8 +124,10 @@ class BatchEvaluator:
 
 class CHGNetBatch(BatchEvaluator):
     """CHGNet on a batch of crystal graphs in one forward pass, returning what
-    ``CHGNetCalculator.calculate`` returns per structure: pymatgen structure from the Atoms, the
-    model's graph converter (isolated atoms ignored, as the per-structure relaxer sets it), total
+    ``CHGNetCalculator.calculate`` returns per structure: the crystal graph the model's converter
+    builds from the Atoms' pymatgen structure, built from the arrays by
+    :func:`dft.chgnet_graph.crystal_graph` (isolated atoms ignored, as the per-structure relaxer
+    sets it), total
     energy = energy per atom x atoms, forces = -dE/dx, stress = (1/V) dE/d(strain) in GPa x
     ``ase.units.GPa`` (the calculator's default ``stress_weight``) as the same 3x3 matrix the
     calculator returns (``Atoms.get_stress`` turns either into ASE's Voigt form).
@@ -146,13 +150,9 @@ class CHGNetBatch(BatchEvaluator):
         self.gpa_per_ev_per_a3 = 160.21766208  # CHGNet's own eV/A^3 -> GPa factor
 
     def prepare(self, atoms):
-        from pymatgen.core import Lattice, Structure
-
-        # the structure AseAtomsAdaptor.get_structure builds (lattice, species, Cartesian
-        # positions), without its copies of constraints and properties the graph never reads
-        structure = Structure(Lattice(np.array(atoms.cell)), atoms.numbers, atoms.positions,
-                              coords_are_cartesian=True)
-        return len(structure), self.model.graph_converter(structure)
+        # the graph the model's converter builds from the Structure AseAtomsAdaptor makes of the
+        # atoms, built from the arrays (dft.chgnet_graph: same tensors, no Python edge objects)
+        return len(atoms), crystal_graph(atoms, self.model.graph_converter)
 
     def forward(self, prepared: list) -> list[dict]:
         import torch
@@ -247,7 +247,7 @@ class BatchRelaxer:
     ``threads``: torch / BLAS threads for the whole batch (None leaves them alone);
     ``max_batch_atoms``: atoms in flight per model call (a single larger structure still runs)."""
 
-    def __init__(self, name: str, *, optimizer: str = "FIRE", symprec: float = RELAX_SYMPREC,
+    def __init__(self, name: str, *, optimizer: str = DEFAULT_OPTIMIZER, symprec: float = RELAX_SYMPREC,
                  threads: int | None = 1, max_batch_atoms: int = DEFAULT_MAX_BATCH_ATOMS,
                  evaluator: BatchEvaluator | None = None):
         if optimizer not in OPTIMIZERS:
