@@ -53,7 +53,8 @@ ENERGY_PER_ATOM_BOUNDS = (-20.0, 5.0)  # eV/atom
 FORCE_LIMIT = 100.0  # eV/Angstrom, final
 VOLUME_RATIO_LIMIT = 3.0
 MIN_DISTANCE = 0.5  # Angstrom
-OPTIMIZERS = ("FIRE", "BFGS", "LBFGS", "BFGSLineSearch", "LBFGSLineSearch", "MDMin", "GPMin")
+OPTIMIZERS = ("FIRE", "FIRE2", "BFGS", "LBFGS", "BFGSLineSearch", "LBFGSLineSearch", "MDMin", "GPMin")
+DEFAULT_OPTIMIZER = "FIRE"
 
 VERDICTS = ("converged", "not_converged", "exploded", "failed")
 
@@ -167,25 +168,71 @@ def _cached_frechet_filter(atoms):
 
 @functools.cache
 def _cached_filter_class():
-    """ASE's ``FrechetCellFilter`` whose generalized forces are computed once per configuration.
+    """ASE's ``FrechetCellFilter`` with its generalized forces computed once per configuration
+    and with fewer matrix functions per step; same degrees of freedom, forces and steps.
 
-    The filter recomputes them (a 3x3 matrix log plus nine ``expm_frechet`` calls, ~5-20 ms) on
-    every ``get_forces``; an optimizer step reads them two or three times at the same positions.
-    The cache is keyed on the atoms' positions and cell, so any change recomputes them."""
+    * The filter recomputes the generalized forces on every ``get_forces``; an optimizer step
+      reads them two or three times at the same positions. They are cached, keyed on the atoms'
+      positions and cell, so any change recomputes them.
+    * The cell force is the deformation-gradient virial ``G`` contracted with the Frechet
+      derivative of ``expm`` at ``X = logm(F)`` in each of the nine unit directions ``E_mn``;
+      ASE takes nine ``expm_frechet`` calls. Since ``<L(X, E), G> = <E, L(X^T, G)>`` (the adjoint
+      of ``expm``'s Frechet derivative is the derivative at the transpose), one call gives all
+      nine: ``L(X^T, G)``.
+    * ``get_positions`` needs ``logm(N F)`` (the cell degrees of freedom, ``N`` = atoms) at the
+      configuration whose forces were just computed with ``logm(F)``: it reuses that as
+      ``logm(F) + ln(N) I`` instead of a second matrix logarithm.
+
+    Built with the filter's default options only (no mask, hydrostatic strain, constant volume or
+    pressure: the relaxations use none). tests/test_relax_filter.py checks forces, positions and
+    whole relaxations against ASE's own filter."""
     from ase.filters import FrechetCellFilter
+    from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+    from scipy.linalg import expm_frechet, logm
 
     class CachedFrechetCellFilter(FrechetCellFilter):
         _key = None
         _forces = None
+        _log = (None, None)  # (cell bytes, logm of the deformation gradient)
+
+        def _deform_log(self):
+            cell = np.asarray(self.atoms.cell)
+            key = cell.tobytes()
+            if self._log[0] != key:
+                self._log = (key, logm(self._utility.deform_grad(cell)))
+            return self._log[1]
+
+        def get_positions(self):
+            n = len(self.atoms)
+            deform = self._utility.deform_grad(np.asarray(self.atoms.cell))
+            pos = np.zeros((n + 3, 3))
+            pos[:n] = np.linalg.solve(deform, self.atoms.get_positions().T).T
+            pos[n:] = (self._deform_log() + math.log(float(n)) * np.eye(3)) * self.exp_cell_factor
+            return pos
 
         def get_forces(self, **kwargs):
             key = (self.atoms.positions.tobytes(), np.asarray(self.atoms.cell).tobytes())
-            if kwargs or self._forces is None or key != self._key:
-                forces = super().get_forces(**kwargs)
-                if kwargs:
-                    return forces
-                self._key, self._forces = key, forces
+            if kwargs:
+                return super().get_forces(**kwargs)
+            if self._forces is None or key != self._key:
+                self._key, self._forces = key, self._generalized_forces()
             return self._forces.copy()
+
+        def _generalized_forces(self):
+            stress = self.atoms.get_stress()
+            atoms_forces = self.atoms.get_forces()
+            cell = self.atoms.get_cell()
+            volume = cell.volume
+            virial = -volume * voigt_6_to_full_3x3_stress(stress)
+            deform = self._utility.deform_grad(np.asarray(cell))
+            log = self._deform_log()
+            cell_grad = virial @ np.linalg.inv(deform.T)
+            n = len(atoms_forces)
+            forces = np.zeros((n + 3, 3))
+            forces[:n] = atoms_forces @ deform
+            forces[n:] = expm_frechet(log.T, cell_grad, compute_expm=False) / self.exp_cell_factor
+            self.stress = full_3x3_to_voigt_6_stress(-(virial / volume))
+            return forces
 
     return CachedFrechetCellFilter
 
@@ -202,7 +249,7 @@ class Relaxation:
     real calculator, :mod:`dft.batch_relax` many in lockstep, so verdicts cannot drift apart.
     Nothing raises: a failure anywhere finishes the relaxation with verdict "failed"."""
 
-    def __init__(self, structure, calculator, *, name: str, optimizer: str = "FIRE",
+    def __init__(self, structure, calculator, *, name: str, optimizer: str = DEFAULT_OPTIMIZER,
                  symprec: float = RELAX_SYMPREC, fmax: float = 0.05, max_steps: int = 500):
         from ase import optimize
         from ase.constraints import FixSymmetry
@@ -325,7 +372,7 @@ class AseRelaxer:
     uses_torch = False  # MLIP subclasses: set torch's thread count before the model loads
 
     def __init__(self, calculator_factory: Callable[[], object], *, name: str = "ase",
-                 optimizer: str = "FIRE", symprec: float = RELAX_SYMPREC, threads: int | None = 1):
+                 optimizer: str = DEFAULT_OPTIMIZER, symprec: float = RELAX_SYMPREC, threads: int | None = 1):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         self.name = name
@@ -493,7 +540,7 @@ class MLIPRelaxer(AseRelaxer):
     uses_torch = True
     family = ""
 
-    def __init__(self, model: str | None = None, *, optimizer: str = "FIRE", symprec: float = RELAX_SYMPREC,
+    def __init__(self, model: str | None = None, *, optimizer: str = DEFAULT_OPTIMIZER, symprec: float = RELAX_SYMPREC,
                  threads: int | None = 1):
         self.spec = model_spec(model or self.family)
         if self.family and self.spec.family != self.family:
