@@ -8,7 +8,7 @@ Trials: genes of random snapshot materials (``ml.genes.gene_from_structure``), o
 trial each (``dft.pipeline.build_gene_trials``, the platform's own trial builder), kept when the
 primitive cell the relaxer sees has at most ``--max-atoms`` atoms; ``--n`` of them. Every side
 relaxes the same CIFs through ``dft.hpc.run_tasks`` in local mode, exactly as the
-``relaxed_structures`` asset does (FixSymmetry + FrechetCellFilter + FIRE, fmax 0.05, centred cells
+``relaxed_structures`` asset does (FixSymmetry + FrechetCellFilter + BFGS, fmax 0.05, centred cells
 in their primitive cell), model loading included:
 
 * ``single``: the per-structure path, ``relax_task``, 2 worker processes x 1 thread, chunks of 4;
