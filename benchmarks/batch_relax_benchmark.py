@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/batch_relax_benchmark.py [--n 48] [--relaxer chgnet] [--seed 0]
         [--max-atoms 20] [--max-steps 300] [--json batch_relax.json] [--sides single,batched,batched-1x2]
+        [--optimizer FIRE]
         [--sweep 20,100,400]   # instead: batch-size sweep, in this process, 1 thread
 
 Trials: genes of random snapshot materials (``ml.genes.gene_from_structure``), one seeded PyXtal
@@ -12,13 +13,16 @@ relaxes the same CIFs through ``dft.hpc.run_tasks`` in local mode, exactly as th
 in their primitive cell), model loading included:
 
 * ``single``: the per-structure path, ``relax_task``, 2 worker processes x 1 thread, chunks of 4;
-* ``batched``: ``relax_batch_task`` (``batched=True``), 2 worker processes x 1 thread, each
-  batching half of the trials;
+* ``batched``: ``relax_batch_task`` (``batched=True``), 2 worker processes x 1 thread, the trials
+  in batches handed out as workers free up (run_tasks' default: 4 batches of 10 for 40 trials);
 * ``batched-1x2``: one worker process with 2 torch/BLAS threads batching all of them.
 
+Both sides use the platform's optimizer (``dft.relax.DEFAULT_OPTIMIZER``, BFGS) unless
+``--optimizer`` names another (e.g. ``--optimizer FIRE``, the optimizer before BFGS).
+
 Prints ``uptime`` at the start and end, then per side: structures/min, core-seconds per relaxation
-(CPU of the worker processes, all threads, divided by the trials), verdicts, symmetry kept among
-converged; then batched vs single: the ratio of structures/min, verdict agreement, max |dE| per
+(CPU of the worker processes, all threads, process start and model load included, divided by the
+trials), optimizer steps (total and per structure), verdicts, symmetry kept among converged; then batched vs single: the ratio of structures/min, verdict agreement, max |dE| per
 atom over the trials converged on both sides, and every disagreement. Writes the figures to
 ``--json``.
 
