@@ -74,6 +74,30 @@ class ServedCalculator(Calculator):
         raise RuntimeError("no batched results for this configuration (served calculator)")
 
 
+class EvaluatorCalculator(Calculator):
+    """An ASE calculator that evaluates one configuration with a :class:`BatchEvaluator` (a batch
+    of one): the per-structure relaxer of a model with a batched evaluator uses it, so the
+    per-structure and batched paths step on the same numbers (see ``CHGNetRelaxer``). A structure
+    the evaluator fails raises its exception, as a calculator would."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, evaluator: BatchEvaluator):
+        super().__init__()
+        self.evaluator = evaluator
+
+    def calculate(self, atoms=None, properties=None, system_changes=None):
+        from ase.calculators.calculator import all_changes
+
+        super().calculate(atoms, properties, system_changes or all_changes)
+        result = self.evaluator.evaluate([self.atoms])[0]
+        if isinstance(result, BaseException):
+            raise result
+        self.results = {"energy": float(result["energy"]), "free_energy": float(result["energy"]),
+                        "forces": np.asarray(result["forces"], dtype=float),
+                        "stress": np.asarray(result["stress"], dtype=float)}
+
+
 def _bare_copy(atoms):
     """The atoms' arrays, cell and pbc -- all ASE's change check compares -- without the
     constraints (``Atoms.copy`` deep-copies FixSymmetry's operations at every step)."""
