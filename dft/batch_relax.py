@@ -70,6 +70,19 @@ class ServedCalculator(Calculator):
                         "forces": np.asarray(results["forces"], dtype=float),
                         "stress": np.asarray(results["stress"], dtype=float)}
 
+    def check_state(self, atoms, tol=1e-15):
+        """What changed since the served configuration: an exact comparison of the arrays, cell
+        and pbc (ASE's tolerance comparison, ``np.allclose`` on every array at every property
+        read, was ~6 % of the batched path's CPU). Exact is stricter than ASE's 1e-15: the
+        structure is read at the very configuration it was served for."""
+        if self.atoms is None:
+            return ["positions"]
+        same = (np.array_equal(np.asarray(atoms.cell), np.asarray(self.atoms.cell))
+                and np.array_equal(atoms.pbc, self.atoms.pbc)
+                and atoms.arrays.keys() == self.atoms.arrays.keys()
+                and all(np.array_equal(atoms.arrays[k], self.atoms.arrays[k]) for k in atoms.arrays))
+        return [] if same else ["positions"]
+
     def calculate(self, atoms=None, properties=None, system_changes=None):
         raise RuntimeError("no batched results for this configuration (served calculator)")
 
