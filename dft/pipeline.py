@@ -125,7 +125,8 @@ def relax_result_fields(r) -> dict:
 
 
 def relax_task(payload: dict) -> dict:
-    """Relax one trial CIF (payload: cif_path, relaxer, fmax, max_steps, out_cif, primitive) ->
+    """Relax one trial CIF (payload: cif_path, relaxer, fmax, max_steps, out_cif, primitive and
+    optionally optimizer, an ASE optimizer name, default :data:`dft.relax.DEFAULT_OPTIMIZER`) ->
     result dict. ``primitive`` (default True): centred cells are relaxed in their primitive cell
     (:func:`dft.relax.relax_primitive`); the CIF, energy and n_atoms are the conventional cell's."""
     from pymatgen.core import Structure
@@ -133,8 +134,8 @@ def relax_task(payload: dict) -> dict:
     from dft.relax import get_relaxer, relax_primitive
 
     structure = Structure.from_file(payload["cif_path"])
-    relaxer = get_relaxer(payload.get("relaxer", "chgnet"))
     settings = _relax_settings(payload)
+    relaxer = get_relaxer(settings[0], optimizer=settings[4])
     kwargs = {"fmax": settings[1], "max_steps": settings[2]}
     if settings[3]:
         r = relax_primitive(relaxer, structure, **kwargs)
@@ -143,10 +144,14 @@ def relax_task(payload: dict) -> dict:
     return relax_row(r, payload)
 
 
-def _relax_settings(payload: dict) -> tuple[str, float, int, bool]:
-    """(relaxer, fmax, max_steps, primitive) of a relax payload, with the defaults."""
+def _relax_settings(payload: dict) -> tuple[str, float, int, bool, str]:
+    """(relaxer, fmax, max_steps, primitive, optimizer) of a relax payload, with the defaults
+    (optimizer: :data:`dft.relax.DEFAULT_OPTIMIZER`)."""
+    from dft.relax import DEFAULT_OPTIMIZER
+
     return (str(payload.get("relaxer", "chgnet")), float(payload.get("fmax", 0.05)),
-            int(payload.get("max_steps", 500)), bool(payload.get("primitive", True)))
+            int(payload.get("max_steps", 500)), bool(payload.get("primitive", True)),
+            str(payload.get("optimizer") or DEFAULT_OPTIMIZER))
 
 
 def relax_row(r, payload: dict) -> dict:
@@ -160,7 +165,7 @@ def relax_row(r, payload: dict) -> dict:
 def relax_batch_task(items: list[tuple[str, dict]]):
     """Batched :func:`relax_task` for :func:`dft.hpc.run_tasks` (``batched=True``): ``items`` are
     ``(key, payload)`` pairs with relax_task's payloads; tasks with the same relaxer, fmax,
-    max_steps and primitive setting are relaxed together (:mod:`dft.batch_relax`, one model call
+    max_steps, primitive and optimizer settings are relaxed together (:mod:`dft.batch_relax`, one model call
     per step), and ``(key, result)`` is yielded the moment each finishes, with relax_task's fields.
     A CIF that cannot be read is a failed row; it does not stop the others. Threads are left as
     the worker set them (run_tasks caps them at ``threads_per_task``)."""
@@ -176,8 +181,8 @@ def relax_batch_task(items: list[tuple[str, dict]]):
             yield key, {"verdict": "failed", "reason": f"{type(exc).__name__}: {str(exc).strip()[:500]}"}
             continue
         groups.setdefault(_relax_settings(payload), []).append((key, payload, structure))
-    for (relaxer, fmax, max_steps, primitive), members in groups.items():
-        batch = get_batch_relaxer(relaxer, threads=None)
+    for (relaxer, fmax, max_steps, primitive, optimizer), members in groups.items():
+        batch = get_batch_relaxer(relaxer, threads=None, optimizer=optimizer)
         for index, result in batch.iter_relax([m[2] for m in members], fmax=fmax, max_steps=max_steps,
                                               primitive=primitive):
             key, payload, _ = members[index]

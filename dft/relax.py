@@ -2,7 +2,7 @@
 
 One protocol (:class:`Relaxer`) and one implementation (:class:`AseRelaxer`): ``FixSymmetry``
 appended to the structure's existing constraints, a ``FrechetCellFilter`` relaxing positions and
-cell together, an ASE optimizer by name (FIRE default, BFGS, ...). The MLIPs are thin subclasses
+cell together, an ASE optimizer by name (BFGS default, FIRE, ...). The MLIPs are thin subclasses
 (:class:`CHGNetRelaxer`, :class:`SevenNetRelaxer`) built by :func:`get_relaxer`; each model is
 loaded once per process, on first use, and cached in ``_MODELS``.
 
@@ -54,6 +54,14 @@ FORCE_LIMIT = 100.0  # eV/Angstrom, final
 VOLUME_RATIO_LIMIT = 3.0
 MIN_DISTANCE = 0.5  # Angstrom
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS", "BFGSLineSearch", "LBFGSLineSearch", "MDMin", "GPMin")
+# ASE's BFGS (its defaults: initial Hessian 70 eV/A^2, trust radius 0.2 A per row, no line
+# search) rather than FIRE: on the 40 seeded trials of benchmarks/batch_relax_benchmark.py (CHGNet,
+# fmax 0.05 on the filter's rows, max_steps 300) it took 2180 steps to FIRE's 3519 (54 vs 88 per
+# structure), converged 39/40 to FIRE's 37/40 (FIRE hit max_steps twice; one exploded on both),
+# and where the two reach different minima (14 of 37 by > 1 meV/atom, random trials start far
+# from any) BFGS ended lower 9 times and higher 5 (mean -36 meV/atom). Both paths (per-structure
+# and batched) use the same optimizer, so their verdicts and energies agree.
+DEFAULT_OPTIMIZER = "BFGS"
 
 VERDICTS = ("converged", "not_converged", "exploded", "failed")
 
@@ -161,31 +169,112 @@ def _min_distance(atoms) -> float:
     return float(d.min()) if len(d) else math.inf
 
 
+def deformation_log(matrix) -> np.ndarray:
+    """Principal logarithm of a real 3x3 matrix whose eigenvalues have positive real parts (a
+    deformation gradient), as ``scipy.linalg.logm`` returns it, by the Gregory series
+    ``log A = 2 artanh(Z) = 2 (Z + Z^3/3 + Z^5/5 + ...)``, ``Z = (A - I)(A + I)^-1``, which
+    converges when the eigenvalues of ``A`` have positive real parts and fast for the
+    near-identity deformations of a relaxation (``|Z| ~ |A - I| / 2``: ~15 terms at a 30 %
+    strain). scipy's general algorithm (Schur form, square roots, Pade) costs ~1 ms of Python
+    per 3x3 call, more than the rest of the filter; this costs ~0.05 ms. Falls back to scipy
+    when the series does not converge within 400 terms."""
+    a = np.asarray(matrix, dtype=float)
+    eye = np.eye(3)
+    try:
+        z = (a - eye) @ np.linalg.inv(a + eye)
+    except np.linalg.LinAlgError:
+        z = None
+    if z is not None and np.all(np.isfinite(z)):
+        z2 = z @ z
+        term, total = z.copy(), z.copy()
+        for j in range(1, 400):
+            term = term @ z2
+            step = term / (2 * j + 1)
+            total += step
+            size = np.abs(step).max()
+            if size <= 1e-17 * np.abs(total).max() or size == 0.0:
+                return 2.0 * total
+            if not size < 1e3:  # diverging (an eigenvalue with a non-positive real part)
+                break
+    from scipy.linalg import logm
+
+    return np.real(logm(a))
+
+
 def _cached_frechet_filter(atoms):
     return _cached_filter_class()(atoms)
 
 
 @functools.cache
 def _cached_filter_class():
-    """ASE's ``FrechetCellFilter`` whose generalized forces are computed once per configuration.
+    """ASE's ``FrechetCellFilter`` with its generalized forces computed once per configuration
+    and with fewer, cheaper matrix functions per step; same degrees of freedom, forces and steps
+    (to ~1e-14). A profile of the batched path (20 trials, FIRE) had scipy's ``logm`` and
+    ``expm_frechet`` at ~20 % of the CPU time, the model at ~50 %.
 
-    The filter recomputes them (a 3x3 matrix log plus nine ``expm_frechet`` calls, ~5-20 ms) on
-    every ``get_forces``; an optimizer step reads them two or three times at the same positions.
-    The cache is keyed on the atoms' positions and cell, so any change recomputes them."""
+    * The filter recomputes the generalized forces on every ``get_forces``; an optimizer step
+      reads them two or three times at the same positions. They are cached, keyed on the atoms'
+      positions and cell, so any change recomputes them.
+    * The cell force is the deformation-gradient virial ``G`` contracted with the Frechet
+      derivative of ``expm`` at ``X = logm(F)`` in each of the nine unit directions ``E_mn``;
+      ASE takes nine ``expm_frechet`` calls. Since ``<L(X, E), G> = <E, L(X^T, G)>`` (the adjoint
+      of ``expm``'s Frechet derivative is the derivative at the transpose), one call gives all
+      nine: ``L(X^T, G)``.
+    * The matrix logarithm is :func:`deformation_log` (a series, not scipy's general ``logm``).
+    * ``get_positions`` needs ``logm(N F)`` (the cell degrees of freedom, ``N`` = atoms) at the
+      configuration whose forces were just computed with ``logm(F)``: it reuses that as
+      ``logm(F) + ln(N) I`` instead of a second matrix logarithm.
+
+    Built with the filter's default options only (no mask, hydrostatic strain, constant volume or
+    pressure: the relaxations use none). tests/test_relax_filter.py checks forces, positions and
+    whole relaxations against ASE's own filter."""
     from ase.filters import FrechetCellFilter
+    from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+    from scipy.linalg import expm_frechet
 
     class CachedFrechetCellFilter(FrechetCellFilter):
         _key = None
         _forces = None
+        _log = (None, None)  # (cell bytes, logm of the deformation gradient)
+
+        def _deform_log(self):
+            cell = np.asarray(self.atoms.cell)
+            key = cell.tobytes()
+            if self._log[0] != key:
+                self._log = (key, deformation_log(self._utility.deform_grad(cell)))
+            return self._log[1]
+
+        def get_positions(self):
+            n = len(self.atoms)
+            deform = self._utility.deform_grad(np.asarray(self.atoms.cell))
+            pos = np.zeros((n + 3, 3))
+            pos[:n] = np.linalg.solve(deform, self.atoms.get_positions().T).T
+            pos[n:] = (self._deform_log() + math.log(float(n)) * np.eye(3)) * self.exp_cell_factor
+            return pos
 
         def get_forces(self, **kwargs):
             key = (self.atoms.positions.tobytes(), np.asarray(self.atoms.cell).tobytes())
-            if kwargs or self._forces is None or key != self._key:
-                forces = super().get_forces(**kwargs)
-                if kwargs:
-                    return forces
-                self._key, self._forces = key, forces
+            if kwargs:
+                return super().get_forces(**kwargs)
+            if self._forces is None or key != self._key:
+                self._key, self._forces = key, self._generalized_forces()
             return self._forces.copy()
+
+        def _generalized_forces(self):
+            stress = self.atoms.get_stress()
+            atoms_forces = self.atoms.get_forces()
+            cell = self.atoms.get_cell()
+            volume = cell.volume
+            virial = -volume * voigt_6_to_full_3x3_stress(stress)
+            deform = self._utility.deform_grad(np.asarray(cell))
+            log = self._deform_log()
+            cell_grad = virial @ np.linalg.inv(deform.T)
+            n = len(atoms_forces)
+            forces = np.zeros((n + 3, 3))
+            forces[:n] = atoms_forces @ deform
+            forces[n:] = expm_frechet(log.T, cell_grad, compute_expm=False) / self.exp_cell_factor
+            self.stress = full_3x3_to_voigt_6_stress(-(virial / volume))
+            return forces
 
     return CachedFrechetCellFilter
 
@@ -202,7 +291,7 @@ class Relaxation:
     real calculator, :mod:`dft.batch_relax` many in lockstep, so verdicts cannot drift apart.
     Nothing raises: a failure anywhere finishes the relaxation with verdict "failed"."""
 
-    def __init__(self, structure, calculator, *, name: str, optimizer: str = "FIRE",
+    def __init__(self, structure, calculator, *, name: str, optimizer: str = DEFAULT_OPTIMIZER,
                  symprec: float = RELAX_SYMPREC, fmax: float = 0.05, max_steps: int = 500):
         from ase import optimize
         from ase.constraints import FixSymmetry
@@ -325,7 +414,7 @@ class AseRelaxer:
     uses_torch = False  # MLIP subclasses: set torch's thread count before the model loads
 
     def __init__(self, calculator_factory: Callable[[], object], *, name: str = "ase",
-                 optimizer: str = "FIRE", symprec: float = RELAX_SYMPREC, threads: int | None = 1):
+                 optimizer: str = DEFAULT_OPTIMIZER, symprec: float = RELAX_SYMPREC, threads: int | None = 1):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         self.name = name
@@ -337,11 +426,15 @@ class AseRelaxer:
     def calculator(self):
         return self._factory()
 
+    def _relax_calculator(self):
+        """The calculator a relaxation steps with (by default :meth:`calculator`'s)."""
+        return self._factory()
+
     def relax(self, structure, *, fmax: float = 0.05, max_steps: int = 500) -> RelaxResult:
         """Relax positions and cell under the structure's symmetry; never raises for bad physics."""
         with limited_threads(self.threads, torch_too=self.uses_torch):
             try:
-                calculator = self._factory()
+                calculator = self._relax_calculator()
             except Exception as exc:
                 calculator, error = None, exc
             else:
@@ -493,7 +586,7 @@ class MLIPRelaxer(AseRelaxer):
     uses_torch = True
     family = ""
 
-    def __init__(self, model: str | None = None, *, optimizer: str = "FIRE", symprec: float = RELAX_SYMPREC,
+    def __init__(self, model: str | None = None, *, optimizer: str = DEFAULT_OPTIMIZER, symprec: float = RELAX_SYMPREC,
                  threads: int | None = 1):
         self.spec = model_spec(model or self.family)
         if self.family and self.spec.family != self.family:
@@ -516,6 +609,18 @@ class CHGNetRelaxer(MLIPRelaxer):
         model = load_model(self.spec.name)
         with contextlib.redirect_stdout(io.StringIO()):  # it prints the device
             return CHGNetCalculator(model=model, use_device="cpu", on_isolated_atoms="ignore")
+
+    def _relax_calculator(self):
+        """Relaxations step with the batched evaluator on one structure (dft.batch_relax.CHGNetBatch:
+        CHGNet's graph, model and composition model, forces and stress from one backward pass),
+        so the per-structure path and the batched one compute the same numbers and follow the
+        same path. CHGNetCalculator's own forces come from two double-backward gradients that
+        differ at float32 rounding (~1e-4 eV/A on a rough trial); with BFGS that was enough to
+        send 4 of 40 random trials into different minima (up to 40 meV/atom apart).
+        tests/test_batch_relax.py checks the evaluator against CHGNetCalculator."""
+        from dft.batch_relax import CHGNetBatch, EvaluatorCalculator
+
+        return EvaluatorCalculator(CHGNetBatch(load_model(self.spec.name)))
 
 
 class SevenNetRelaxer(MLIPRelaxer):

@@ -114,7 +114,9 @@ def test_local_batch_whose_worker_dies_is_resubmitted_for_its_unfinished_tasks(t
 
 
 def test_batch_size_sets_the_chunks():
-    assert ComputeConfig(max_workers=2).tasks_per_chunk(9, batched=True) == 5
+    assert ComputeConfig(max_workers=2).tasks_per_chunk(9, batched=True) == 5  # one batch per worker
+    assert ComputeConfig(max_workers=2).tasks_per_chunk(40, batched=True) == 10  # 2 per worker, >= 8 each
+    assert ComputeConfig(max_workers=2).tasks_per_chunk(1000, batched=True) == 125  # 4 per worker
     assert ComputeConfig(max_workers=2, batch_size=3).tasks_per_chunk(9, batched=True) == 3
     assert ComputeConfig(mode="slurm", chunk_size=8).tasks_per_chunk(100, batched=True) == 8
     assert ComputeConfig(max_workers=2, chunk_size=4).tasks_per_chunk(9, batched=False) == 4

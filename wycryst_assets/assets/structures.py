@@ -134,8 +134,9 @@ def trial_structures(context: dg.AssetExecutionContext, config: TrialStructuresC
 
 
 class RelaxSettings(dg.Config):
-    """How a symmetry-constrained relaxation (FixSymmetry + FrechetCellFilter + FIRE) runs; shared
-    by relaxed_structures and the cascade's rescored_structures."""
+    """How a symmetry-constrained relaxation (FixSymmetry + FrechetCellFilter + BFGS, the
+    optimizer dft.relax.DEFAULT_OPTIMIZER) runs; shared by relaxed_structures and the cascade's
+    rescored_structures."""
 
     fmax: float = 0.05  # eV/Angstrom, atoms and cell
     max_steps: int = 300

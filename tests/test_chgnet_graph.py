@@ -1,0 +1,84 @@
+"""dft.chgnet_graph: CHGNet crystal graphs built with numpy equal the ones CHGNet's own
+converter builds (element for element), on real structures and PyXtal trials."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from dft.chgnet_graph import crystal_graph, graph_indices
+from dft.relax import load_model
+from dft.trials import generate_trials
+
+
+def structures() -> list[Structure]:
+    cu = Structure(Lattice.from_parameters(2.55, 2.55, 2.55, 60, 60, 60), ["Cu"], [[0, 0, 0]])  # 1 atom: self images
+    out = [
+        Structure.from_spacegroup(221, Lattice.cubic(3.95), ["Sr", "Ti", "O"], [[0, 0, 0], [.5, .5, .5], [.5, .5, 0]]),
+        Structure.from_spacegroup(136, Lattice.tetragonal(4.65, 2.97), ["Ti", "O"], [[0, 0, 0], [.305, .305, 0]]),
+        Structure.from_spacegroup(186, Lattice.hexagonal(3.25, 5.21), ["Zn", "O"], [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, .38]]),
+        cu,
+        Structure(Lattice.from_parameters(4.1, 5.3, 6.2, 71, 83, 102), ["Li", "Fe", "P", "O", "O"],
+                  [[0.1, 0.2, 0.3], [0.52, 0.41, 0.77], [0.9, 0.05, 0.5], [0.33, 0.66, 0.12], [0.7, 0.8, 0.95]]),
+    ]
+    genes = [("BaTiO3", 99, {"Ba": ["1a"], "Ti": ["1b"], "O": ["1b", "2c"]}),
+             ("Al2O3", 167, {"Al": ["12c"], "O": ["18e"]}),
+             ("NaCl", 225, {"Na": ["4a"], "Cl": ["4b"]})]
+    for gene in genes:
+        out += [t.structure for t in generate_trials(*gene, seed=3)[:2] if t.structure is not None]
+    return out
+
+
+def reference(atoms, converter):
+    """The converter's graph of the Structure CHGNet's calculator makes from the Atoms."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return converter(AseAtomsAdaptor.get_structure(atoms))
+
+
+@pytest.fixture(scope="module")
+def converter():
+    conv = load_model("chgnet").graph_converter
+    conv.set_isolated_atom_response("ignore")
+    return conv
+
+
+def test_graph_equals_chgnet_converter(converter):
+    """Every tensor equal, on 5 hand-made cells and 6 PyXtal trials, as given and rattled + strained
+    (off the special positions: a generic configuration too)."""
+    cells = structures()
+    assert len(cells) >= 9
+    for index, structure in enumerate(cells):
+        moved = structure.to_ase_atoms()
+        moved.rattle(0.02, seed=index)
+        moved.set_cell(moved.cell * 1.01, scale_atoms=True)
+        for atoms in (structure.to_ase_atoms(), moved):
+            want, got = reference(atoms, converter), crystal_graph(atoms, converter)
+            assert len(want.bond_graph) > 0 and len(want.atom_graph) > 0
+            for name in ("atomic_number", "atom_frac_coord", "lattice", "atom_graph", "neighbor_image",
+                         "directed2undirected", "undirected2directed", "bond_graph"):
+                w, g = getattr(want, name), getattr(got, name)
+                assert w.dtype == g.dtype and w.shape == g.shape, (index, name)
+                assert torch.equal(w, g), (index, name)
+            assert got.atom_frac_coord.requires_grad and got.lattice.requires_grad
+
+
+def test_hand_worked_chain():
+    """Two atoms in a 1-D chain (hand-checkable): A at 0, B at 1.5 in a 3 A period. Directed
+    edges A->B (image 0), A->B (image -1), B->A (0), B->A (+1). Undirected edges: {A->B(0),
+    B->A(0)} = 0 and {A->B(-1), B->A(+1)} = 1. With a 2 A bond cutoff every edge is a bond; at A
+    the two edges form the angle pair (A, 0, 0, 1, 1) and (A, 1, 1, 0, 0); at B likewise."""
+    center = np.array([0, 0, 1, 1])
+    neighbor = np.array([1, 1, 0, 0])
+    image = np.array([[0, 0, 0], [-1, 0, 0], [0, 0, 0], [1, 0, 0]])
+    distance = np.full(4, 1.5)
+    atom_graph, d2u, u2d, bond_graph = graph_indices(2, center, neighbor, image, distance, 2.0)
+    assert atom_graph.tolist() == [[0, 1], [0, 1], [1, 0], [1, 0]]
+    assert d2u.tolist() == [0, 1, 0, 1] and u2d.tolist() == [0, 1]
+    assert bond_graph.tolist() == [[0, 0, 0, 1, 1], [1, 0, 2, 1, 3], [0, 1, 1, 0, 0], [1, 1, 3, 0, 2]]
+    # a 1.4 A cutoff: no bonds, no angles
+    assert graph_indices(2, center, neighbor, image, distance, 1.4)[3].shape == (0, 5)
+    with pytest.raises(ValueError, match="reverse"):
+        graph_indices(2, center[:3], neighbor[:3], image[:3], distance[:3], 2.0)
