@@ -545,11 +545,12 @@ def test_gpaw_phase_energies_for_the_spot_check(tmp_path):
     """The two kinds of phase the spot check computes, with real GPAW: a snapshot
     crystal (conventional diamond Si, 8 atoms, reduced to its 2-atom primitive cell) and GPAW's own
     relaxed reference state of the element (ASE's diamond Si). The same crystal, so the reaction
-    energy between them is ~0 (the reference is relaxed: a few meV/atom lower at most)."""
+    energy between them is ~0 (the reference is relaxed: a few meV/atom lower at most); the
+    candidate path (a single point of the CIF file) gives the crystal's energy again."""
     import os
 
     from dft.gpaw_engine import gpaw_available, gpaw_python
-    from dft.spot_check import decomposition_energy, phase_energy_task
+    from dft.spot_check import decomposition_energy, phase_energy_task, spot_check_task
 
     if not gpaw_available():
         message = f"GPAW not importable by {gpaw_python()} (Debian: apt-get install gpaw gpaw-data)"
@@ -561,8 +562,15 @@ def test_gpaw_phase_energies_for_the_spot_check(tmp_path):
     gpaw = {"ecut": 600, "kpts": {"density": 3.5, "gamma": True}}
     si = Structure(Lattice.cubic(5.43), ["Si"] * 8, [[0, 0, 0], [.5, .5, 0], [.5, 0, .5], [0, .5, .5], [.25, .25, .25],
                                                      [.75, .75, .25], [.75, .25, .75], [.25, .75, .75]])
-    crystal = phase_energy_task({"cif": si.to(fmt="cif"), "settings": gpaw, "workdir": str(tmp_path / "si")})
+    crystal = spot_check_task({"kind": "phase", "cif": si.to(fmt="cif"), "settings": gpaw, "workdir": str(tmp_path / "si")})
     element = phase_energy_task({"element": "Si", "cache_dir": str(tmp_path / "refs"), "settings": gpaw,
                                  "workdir": str(tmp_path / "ref")})
     assert crystal["n_atoms"] == 2
     assert 0.0 <= decomposition_energy(crystal["energy_per_atom"], [(1.0, element["energy_per_atom"])]) < 0.02
+    assert crystal["mp2020_correction_per_atom"] == 0.0  # MP2020 corrects no element
+    # the candidate path (refine_task's single point of a CIF file) on the same crystal: the same energy
+    si.to(filename=str(tmp_path / "si.cif"))
+    candidate = spot_check_task({"kind": "candidate", "cif_path": str(tmp_path / "si.cif"), "engine": "gpaw",
+                                 "mode": "single_point", "workdir": str(tmp_path / "cand"), "settings": gpaw})
+    assert candidate["verdict"] == "single_point" and candidate["mp2020_correction_per_atom"] == 0.0
+    assert candidate["energy_per_atom"] == pytest.approx(crystal["energy_per_atom"], abs=1e-4)
