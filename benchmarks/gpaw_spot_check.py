@@ -15,7 +15,8 @@ one per distinct crystal (dft.selection.refinement_candidates). --order affordab
 the checkable candidates whose reaction has the smallest primitive cells first (a bias towards small
 high-symmetry cells, printed); --order hull the lowest decider E_hull first. The candidate's PBE energy
 is a single point at the decider's geometry by default (--candidate-mode auto relaxes cells of <= 8
-atoms, hours on 2 cores). Every GPAW result is stored per task under
+atoms, hours on 2 cores); --relax-inconclusive then relaxes (<= --relax-max-atoms) the candidates
+whose single point, an upper bound, calls them unstable. Every GPAW result is stored per task under
 artifacts/gpaw_spot_check/<partition>/results (one candidate and its phases after another), so a
 killed run resumes and --report-only reports whatever finished without running GPAW.
 """
@@ -59,6 +60,9 @@ def main() -> None:
     ap.add_argument("--timeout-s", type=int, default=3600, help="per GPAW task")
     ap.add_argument("--plan-only", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="report stored results, run no GPAW")
+    ap.add_argument("--relax-inconclusive", action="store_true",
+                    help="then relax (GPAW, symmetry kept) the candidates whose single point is above --threshold")
+    ap.add_argument("--relax-max-atoms", type=int, default=8)
     ap.add_argument("--markdown", default="", help="also write the report (markdown) here")
     args = ap.parse_args()
     home = Path(args.home)
@@ -187,39 +191,75 @@ def main() -> None:
         results = run_tasks(spot_check_task, tasks, ComputeConfig(max_workers=1, folder=base / "submitit"),
                             results_dir, log=lambda m: print(m, flush=True))
 
-    out = []
-    for r in plan.iter_rows(named=True):
-        row = {k: r[k] for k in ("formula", "space_group", "n_atoms", "mlip_model", "mlip_e_above_hull", "fast_model",
-                                 "fast_e_above_hull")}
-        row.update(pbe_decomposition_energy_raw=None, pbe_decomposition_energy=None, reason=r["reason"], phases="")
-        if r["phases"]:
-            row["phases"] = " + ".join(f"{p['fraction']:.2f} {p['formula']} ({p['name']})" for p in json.loads(r["phases"]))
-        if r["gene_key"] in chosen_keys:
-            cres = results.get(cand_key[r["gene_key"]])
-            phases = json.loads(r["phases"])
-            pres = [results.get(f"{p['name'].replace(':', '_')}-{tag}") for p in phases]
-            if cres is None or None in pres:
-                row["reason"] = "GPAW not finished (run stopped before this candidate's tasks)"
-            elif cres.get("energy_per_atom") is None or any(x.get("energy_per_atom") is None for x in pres):
-                failed = [x.get("reason") for x in [cres, *pres] if x.get("energy_per_atom") is None]
-                row["reason"] = f"GPAW failed: {'; '.join(str(f)[:150] for f in failed)}"
-            else:
-                fractions = [p["fraction"] for p in phases]
-                row["pbe_decomposition_energy_raw"] = reaction_energy(
-                    cres["energy_per_atom"], phases, [x["energy_per_atom"] for x in pres])
-                corr = [cres.get("mp2020_correction_per_atom")] + [x.get("mp2020_correction_per_atom") for x in pres]
-                if None in corr:
-                    row["reason"] = "no MP2020 correction: " + "; ".join(
-                        x.get("mp2020_note") or "" for x in [cres, *pres] if x.get("mp2020_correction_per_atom") is None)
+    def score(relaxed: dict[str, dict]) -> list[dict]:
+        """One row per plan row: the PBE reaction energy where the candidate and all its phases have
+        GPAW energies (the candidate's relaxed energy where ``relaxed`` has one, else its single point)."""
+        out = []
+        for r in plan.iter_rows(named=True):
+            row = {k: r[k] for k in ("gene_key", "formula", "space_group", "n_atoms", "mlip_model", "mlip_e_above_hull",
+                                     "fast_model", "fast_e_above_hull")}
+            row.update(pbe_decomposition_energy_raw=None, pbe_decomposition_energy=None, reason=r["reason"], phases="")
+            if r["phases"]:
+                row["phases"] = " + ".join(f"{p['fraction']:.2f} {p['formula']} ({p['name']})"
+                                           + (f" +{p['offset']:.3f}" if p.get("offset") else "")
+                                           for p in json.loads(r["phases"]))
+            if r["gene_key"] in chosen_keys:
+                cres = results.get(cand_key[r["gene_key"]])
+                rel = relaxed.get(r["gene_key"])
+                if cres is not None and rel is not None and rel.get("energy_per_atom") is not None:
+                    row["single_point_max_force"] = cres.get("max_force")
+                    cres = rel
+                phases = json.loads(r["phases"])
+                pres = [results.get(f"{p['name'].replace(':', '_')}-{tag}") for p in phases]
+                if cres is None or None in pres:
+                    row["reason"] = "GPAW not finished (run stopped before this candidate's tasks)"
+                elif cres.get("energy_per_atom") is None or any(x.get("energy_per_atom") is None for x in pres):
+                    failed = [x.get("reason") for x in [cres, *pres] if x.get("energy_per_atom") is None]
+                    row["reason"] = f"GPAW failed: {'; '.join(str(f)[:150] for f in failed)}"
                 else:
-                    row["pbe_decomposition_energy"] = row["pbe_decomposition_energy_raw"] + decomposition_energy(
-                        corr[0], list(zip(fractions, corr[1:])))
-                    row["reason"] = ""
-                row["gpaw_core_seconds"] = sum((x.get("cpu_seconds") or x.get("seconds") or 0.0) for x in [cres, *pres])
-                row["candidate_gpaw_mode"] = cres.get("verdict")
-        elif r["checkable"]:
-            row["reason"] = f"checkable, not chosen (beyond --candidates {args.candidates}, {args.order} order)"
-        out.append(row)
+                    fractions = [p["fraction"] for p in phases]
+                    row["pbe_decomposition_energy_raw"] = reaction_energy(
+                        cres["energy_per_atom"], phases, [x["energy_per_atom"] for x in pres])
+                    corr = [cres.get("mp2020_correction_per_atom")] + [x.get("mp2020_correction_per_atom") for x in pres]
+                    if None in corr:
+                        row["reason"] = "no MP2020 correction: " + "; ".join(
+                            x.get("mp2020_note") or "" for x in [cres, *pres] if x.get("mp2020_correction_per_atom") is None)
+                    else:
+                        row["pbe_decomposition_energy"] = row["pbe_decomposition_energy_raw"] + decomposition_energy(
+                            corr[0], list(zip(fractions, corr[1:])))
+                        row["reason"] = ""
+                    row["gpaw_core_seconds"] = sum((x.get("cpu_seconds") or x.get("seconds") or 0.0) for x in [cres, *pres])
+                    row["candidate_gpaw_mode"] = cres.get("verdict")
+                    row["candidate_max_force"] = cres.get("max_force")
+            elif r["checkable"]:
+                row["reason"] = f"checkable, not chosen (beyond --candidates {args.candidates}, {args.order} order)"
+            out.append(row)
+        return out
+
+    out = score({})
+    relaxed: dict[str, dict] = {}
+    if args.relax_inconclusive:
+        # a single point at the MLIP geometry is an upper bound: where it calls a candidate unstable
+        # and the cell is small enough, relax it (symmetry kept) and decide on the relaxed energy
+        inconclusive = [r for r in out if r["pbe_decomposition_energy"] is not None and r["candidate_gpaw_mode"] ==
+                        "single_point" and r["pbe_decomposition_energy"] > args.threshold
+                        and r["n_atoms"] <= args.relax_max_atoms]
+        rtasks, rkey = {}, {}
+        for r in inconclusive:
+            t, _ = refinement_tasks([(rows_of[r["gene_key"]], "relax")], base / "candidates", engine="gpaw",
+                                    settings=gpaw_settings, fmax=0.05, max_steps=60, timeout_s=args.timeout_s,
+                                    code="spot_check")
+            (k, payload), = t.items()
+            rtasks[k], rkey[r["gene_key"]] = {**payload, "kind": "candidate"}, k
+        print(f"relaxing {len(rtasks)} candidates whose single point calls them unstable (<= {args.relax_max_atoms} "
+              "atoms)", flush=True)
+        if args.report_only:
+            rres = {k: read_result(results_dir, k) for k in rtasks}
+        else:
+            rres = run_tasks(spot_check_task, rtasks, ComputeConfig(max_workers=1, folder=base / "submitit"),
+                             results_dir, log=lambda m: print(m, flush=True))
+        relaxed = {g: rres[k] for g, k in rkey.items() if rres.get(k) is not None}
+        out = score(relaxed)
 
     agreements = {name: spot_check_agreement(out, args.threshold, mlip_column=col)
                   for name, col in ((f"decider ({', '.join(decider)})", "mlip_e_above_hull"),
@@ -230,19 +270,28 @@ def main() -> None:
                                         (f"fast ({', '.join(fast)})", "fast_e_above_hull"))}
     compared = [r for r in out if r["pbe_decomposition_energy"] is not None]
     md = [f"# GPAW spot check of the MLIP's S.U.N. calls: {key}", "", *lines, "",
-          f"GPAW PBE {gpaw_settings}; candidate: {args.candidate_mode} at the decider's geometry; phases: single points "
-          "at MP's geometry (GPAW's relaxed reference state for `element:` phases); stable call: E <= "
-          f"{args.threshold} eV/atom. dE_PBE = E(candidate) - sum f_i E(phase_i), `+MP2020` adds MP2020's corrections "
+          f"GPAW PBE {gpaw_settings}; candidate: {args.candidate_mode} at the decider's geometry"
+          + (f", relaxed (symmetry kept) where the single point is above {args.threshold} and the cell has <= "
+             f"{args.relax_max_atoms} atoms" if args.relax_inconclusive else "")
+          + "; a single point is an upper bound of the candidate's PBE energy (its PBE max force says how far from "
+          "a PBE minimum), so 'MLIP stable, PBE not' is an upper bound where the candidate was not relaxed. Phases: "
+          "single points at MP's geometry (GPAW's relaxed reference state for `element:` phases; a metastable elemental "
+          "stand-in is lowered by its snapshot E_f, shown as +offset). Stable call: E <= "
+          f"{args.threshold} eV/atom. dE_PBE = E(candidate) - sum f_i E(phase_i); `+MP2020` adds MP2020's corrections "
           "of each side (the scale MLIP E_hull is on).", "",
-          "| candidate | SG | atoms | decider E_hull | fast E_hull | dE_PBE raw | dE_PBE+MP2020 | decider agrees | fast agrees | GPAW core-s | reaction |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| candidate | SG | atoms | decider E_hull | fast E_hull | dE_PBE raw | dE_PBE+MP2020 | decider agrees | fast agrees "
+          "| candidate PBE | max force eV/A | GPAW core-s | reaction |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in compared:
         p = r["pbe_decomposition_energy"] <= args.threshold
         agree_d = "yes" if (r["mlip_e_above_hull"] <= args.threshold) == p else "no"
         agree_f = "" if r["fast_e_above_hull"] is None else ("yes" if (r["fast_e_above_hull"] <= args.threshold) == p else "no")
         md.append(f"| {r['formula']} | {r['space_group']} | {r['n_atoms']} | {_fmt(r['mlip_e_above_hull'])} | "
                   f"{_fmt(r['fast_e_above_hull'])} | {_fmt(r['pbe_decomposition_energy_raw'])} | "
-                  f"{_fmt(r['pbe_decomposition_energy'])} | {agree_d} | {agree_f} | {_fmt(r.get('gpaw_core_seconds'), 0)} | {r['phases']} |")
+                  f"{_fmt(r['pbe_decomposition_energy'])} | {agree_d} | {agree_f} | {r.get('candidate_gpaw_mode')} | "
+                  f"{_fmt(r.get('candidate_max_force'), 2)}"
+                  f"{' (single point ' + _fmt(r['single_point_max_force'], 2) + ')' if r.get('single_point_max_force') else ''} | "
+                  f"{_fmt(r.get('gpaw_core_seconds'), 0)} | {r['phases']} |")
     header = ["", "| model | compared | agree | agreement | both stable | MLIP stable, PBE not | PBE stable, MLIP not "
               "| both unstable | PBE confirms MLIP-stable |", "|---|---|---|---|---|---|---|---|---|"]
     md += ["", f"Agreement at {args.threshold} eV/atom, dE_PBE+MP2020:", *header,
