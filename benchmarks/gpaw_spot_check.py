@@ -280,7 +280,7 @@ def main() -> None:
           f"{args.threshold} eV/atom. dE_PBE = E(candidate) - sum f_i E(phase_i); `+MP2020` adds MP2020's corrections "
           "of each side (the scale MLIP E_hull is on).", "",
           "| candidate | SG | atoms | decider E_hull | fast E_hull | dE_PBE raw | dE_PBE+MP2020 | decider agrees | fast agrees "
-          "| candidate PBE | max force eV/A | GPAW core-s | reaction |",
+          "| candidate PBE | max force eV/A | GPAW s (candidate CPU + phases wall; shared phases in each row) | reaction |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in compared:
         p = r["pbe_decomposition_energy"] <= args.threshold
