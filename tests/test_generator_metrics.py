@@ -392,6 +392,72 @@ def test_spot_check_plan_uses_the_snapshot_hull_and_lists_what_cannot_be_checked
     assert not bitei["checkable"] and bitei["reason"].startswith("no snapshot hull")  # iodine is not in this hull
 
 
+def test_spot_check_agreement_per_model_column():
+    from dft.spot_check import spot_check_agreement
+
+    # the decider calls a stable and b unstable; the fast model the reverse; PBE: a stable, b unstable
+    rows = [{"formula": "a", "mlip_e_above_hull": 0.05, "fast_e_above_hull": 0.12, "pbe_decomposition_energy": 0.0},
+            {"formula": "b", "mlip_e_above_hull": 0.15, "fast_e_above_hull": -0.02, "pbe_decomposition_energy": 0.1},
+            {"formula": "c", "mlip_e_above_hull": 0.01, "fast_e_above_hull": None, "pbe_decomposition_energy": 0.0}]
+    decider = spot_check_agreement(rows, 0.08)
+    fast = spot_check_agreement(rows, 0.08, mlip_column="fast_e_above_hull")
+    assert (decider["compared"], decider["agree"]) == (3, 3)
+    assert (fast["compared"], fast["agree"], fast["mlip_unstable_pbe_stable"], fast["mlip_stable_pbe_unstable"]) == (2, 0, 1, 1)
+    assert [r["formula"] for r in fast["not_compared"]] == ["c"]
+
+
+def test_reaction_energy_lowers_a_metastable_elemental_stand_in_by_its_snapshot_formation_energy():
+    from dft.spot_check import reaction_energy
+
+    # the hull's Te end point is the ground state at E_f 0; the snapshot's only Te crystal sits 0.04 above
+    # it, so its PBE energy -3.00 stands for a ground state at -3.04. Candidate -4.00 eV/atom = 3/4 of a
+    # phase at -4.10 + 1/4 Te: -4.00 - (0.75 * -4.10 + 0.25 * -3.04) = -0.165 (-0.175 against the stand-in itself)
+    phases = [{"fraction": 0.75}, {"fraction": 0.25, "offset": 0.04}]
+    assert reaction_energy(-4.0, phases, [-4.10, -3.00]) == pytest.approx(-0.165)
+    assert reaction_energy(-4.0, [{"fraction": 0.75}, {"fraction": 0.25}], [-4.10, -3.00]) == pytest.approx(-0.175)
+
+
+def test_spot_check_plan_sizes_offsets_and_affordable_order():
+    from dft.energetics import SnapshotHull
+    from dft.spot_check import affordable_order, plan_spot_check
+
+    hull = SnapshotHull([("mp-bi", "Bi", 0.0), ("mp-te", "Te", 0.05), ("mp-bt", "Bi2Te3", -0.3)])
+    candidates = pl.DataFrame({"gene_key": ["k1", "k2", "k3"], "formula": ["Bi4Te3", "BiTe2", "Bi2Te3"],
+                               "e_above_hull": [0.01, 0.02, 0.2], "n_atoms": [7, 3, 5],
+                               "fast_e_above_hull": [0.0, 0.1, 0.05], "energy_model": ["sevennet-0"] * 3})
+    atoms = {"mp-bi": 2, "mp-te": 3, "mp-bt": 5}
+    plan = plan_spot_check(candidates, hull, setup_elements={"Bi", "Te"},
+                           element_materials={"Bi": "mp-bi", "Te": "mp-te"}, have_structure=set(atoms),
+                           phase_atoms=atoms.get, element_offsets={"Bi": 0.0, "Te": 0.05})
+    rows = {r["gene_key"]: r for r in plan.to_dicts()}
+    # Bi4Te3 -> Bi2Te3 + Bi: largest cell 7 (itself), 7 + 5 + 2 = 14 atoms; BiTe2 -> Bi2Te3 + Te (stand-in 0.05 above)
+    assert (rows["k1"]["reaction_max_atoms"], rows["k1"]["reaction_atoms"]) == (7, 14)
+    assert (rows["k2"]["reaction_max_atoms"], rows["k2"]["reaction_atoms"]) == (5, 11)
+    te = [p for p in json.loads(rows["k2"]["phases"]) if p["formula"] == "Te"][0]
+    assert te["offset"] == 0.05 and te["n_atoms"] == 3
+    assert rows["k1"]["mlip_model"] == "sevennet-0" and rows["k2"]["fast_e_above_hull"] == 0.1
+    # Bi2Te3 on the hull: its own phase (5 + 5 = 10 atoms, largest 5) ties BiTe2 on size, fewer atoms first
+    assert affordable_order(plan)["gene_key"].to_list() == ["k3", "k2", "k1"]
+
+
+def test_mp2020_correction_of_a_plain_pbe_structure_matches_pymatgens_table():
+    from pathlib import Path
+
+    import yaml
+    from pymatgen.analysis import compatibility
+
+    from dft.spot_check import mp2020_correction_per_atom
+
+    table = yaml.safe_load((Path(compatibility.__file__).parent / "MP2020Compatibility.yaml").read_text())
+    se = table["Corrections"]["CompositionCorrections"]["Se"]
+    znse = Structure.from_spacegroup("F-43m", Lattice.cubic(5.67), ["Zn", "Se"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    value, note = mp2020_correction_per_atom(znse)  # one Se per two atoms
+    assert value == pytest.approx(se / 2) and "Se" in note
+    feo = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.3), ["Fe", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    value, note = mp2020_correction_per_atom(feo)  # MP runs it with +U: no plain-PBE counterpart
+    assert value is None and "GGA+U" in note
+
+
 def test_metric_modules_do_not_import_dagster():
     code = ("import sys, ml.generator_metrics, ml.selection, ml.funnel_trace, ml.benchmark_anchors, "
             "dft.generator_report, dft.structure_facts, dft.spot_check; print('dagster' in sys.modules)")
@@ -479,11 +545,12 @@ def test_gpaw_phase_energies_for_the_spot_check(tmp_path):
     """The two kinds of phase the spot check computes, with real GPAW: a snapshot
     crystal (conventional diamond Si, 8 atoms, reduced to its 2-atom primitive cell) and GPAW's own
     relaxed reference state of the element (ASE's diamond Si). The same crystal, so the reaction
-    energy between them is ~0 (the reference is relaxed: a few meV/atom lower at most)."""
+    energy between them is ~0 (the reference is relaxed: a few meV/atom lower at most); the
+    candidate path (a single point of the CIF file) gives the crystal's energy again."""
     import os
 
     from dft.gpaw_engine import gpaw_available, gpaw_python
-    from dft.spot_check import decomposition_energy, phase_energy_task
+    from dft.spot_check import decomposition_energy, phase_energy_task, spot_check_task
 
     if not gpaw_available():
         message = f"GPAW not importable by {gpaw_python()} (Debian: apt-get install gpaw gpaw-data)"
@@ -495,8 +562,15 @@ def test_gpaw_phase_energies_for_the_spot_check(tmp_path):
     gpaw = {"ecut": 600, "kpts": {"density": 3.5, "gamma": True}}
     si = Structure(Lattice.cubic(5.43), ["Si"] * 8, [[0, 0, 0], [.5, .5, 0], [.5, 0, .5], [0, .5, .5], [.25, .25, .25],
                                                      [.75, .75, .25], [.75, .25, .75], [.25, .75, .75]])
-    crystal = phase_energy_task({"cif": si.to(fmt="cif"), "settings": gpaw, "workdir": str(tmp_path / "si")})
+    crystal = spot_check_task({"kind": "phase", "cif": si.to(fmt="cif"), "settings": gpaw, "workdir": str(tmp_path / "si")})
     element = phase_energy_task({"element": "Si", "cache_dir": str(tmp_path / "refs"), "settings": gpaw,
                                  "workdir": str(tmp_path / "ref")})
     assert crystal["n_atoms"] == 2
     assert 0.0 <= decomposition_energy(crystal["energy_per_atom"], [(1.0, element["energy_per_atom"])]) < 0.02
+    assert crystal["mp2020_correction_per_atom"] == 0.0  # MP2020 corrects no element
+    # the candidate path (refine_task's single point of a CIF file) on the same crystal: the same energy
+    si.to(filename=str(tmp_path / "si.cif"))
+    candidate = spot_check_task({"kind": "candidate", "cif_path": str(tmp_path / "si.cif"), "engine": "gpaw",
+                                 "mode": "single_point", "workdir": str(tmp_path / "cand"), "settings": gpaw})
+    assert candidate["verdict"] == "single_point" and candidate["mp2020_correction_per_atom"] == 0.0
+    assert candidate["energy_per_atom"] == pytest.approx(crystal["energy_per_atom"], abs=1e-4)
