@@ -373,9 +373,10 @@ def generator_metrics(filtered: pl.DataFrame | None, trials: pl.DataFrame | None
         failed_ph = int((computed["verdict"] == "failed").sum())
         if _col(phonons, "phonon_model") and phonons["phonon_model"].drop_nulls().len():
             ph_model = ",".join(sorted({str(r) for r in phonons["phonon_model"].drop_nulls().to_list()}))
-        else:  # tables from before the cascade: phonons with the relaxation's potential
-            ph_model = (",".join(sorted({str(r) for r in best["relaxer"].drop_nulls().to_list()}))
-                        if _col(best, "relaxer") else "?")
+        else:  # tables from before the cascade: phonons with the (fast) relaxation's potential
+            source = "fast_relaxer" if _col(best, "fast_relaxer") else "relaxer" if _col(best, "relaxer") else None
+            ph_model = ("?" if source is None else ",".join(sorted({str(r) for r in best[source].drop_nulls().to_list()})))
+            ph_model += " (phonon_model not recorded: the relaxation potential, as before the cascade)"
         add(_Row("dynamics", "dynamically_stable", _ratio(stable_ph, computed.height), stable_ph, computed.height,
                  "genes whose phonons were computed (stable + unstable + failed; skipped excluded)",
                  f"phonopy with {ph_model}",

@@ -215,6 +215,14 @@ def test_the_energy_column_and_model_are_parameters(tables):
     check(df, "sun_in_relaxed_sample_e0.08", 2, 7)  # {A/B, F}
     check(df, "metasun_e0.1", 1, 7)  # F only (E is now 0.12)
     assert metric(df, "sun_rate_e0.08")["decided_by"] == "sevennet-l3i5 (e_above_hull_sevennet)"
+    # a phonon table from before the cascade (no phonon_model column) is labelled with the fast
+    # relaxer that computed it, not with the rescoring models of the rows
+    cascade = rescored.with_columns(pl.lit("sevennet-0").alias("relaxer"), pl.lit("chgnet").alias("fast_relaxer"))
+    old = generator_metrics(None, None, cascade, tables["phonon_verdicts"].drop("phonon_model", strict=False))
+    assert metric(old, "dynamically_stable")["decided_by"].startswith("phonopy with chgnet (phonon_model not recorded")
+    labelled = tables["phonon_verdicts"].with_columns(pl.lit("sevennet-l3i5").alias("phonon_model"))
+    assert metric(generator_metrics(None, None, cascade, labelled), "dynamically_stable")["decided_by"] == \
+        "phonopy with sevennet-l3i5"
     with pytest.raises(ValueError, match="not in the relaxed rows"):
         generator_metrics(None, None, best, None, MetricsConfig(energy_column="no_such_column"))
 
