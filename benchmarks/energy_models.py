@@ -410,8 +410,10 @@ def main() -> None:
     cif_paths = write_mp_cifs(snapshot, all_ids, out / "mp_cifs")
     # GPAW pairs come from the full selection whatever --max-materials says (a fixed set: finished
     # single points stay in use); every model relaxes them too, so they can be compared with GPAW
-    gpaw_sel = gpaw_pair_materials([snapshot[m] for m in all_ids], max_pairs=args.gpaw_pairs,
-                                   seed=args.seed) if args.gpaw_pairs > 0 else None
+    from dft.spot_check import gpaw_setup_elements
+
+    gpaw_sel = gpaw_pair_materials([snapshot[m] for m in all_ids], max_pairs=args.gpaw_pairs, seed=args.seed,
+                                   setup_elements=gpaw_setup_elements() or None) if args.gpaw_pairs > 0 else None
     in_bench = set(ids)
     gpaw_extra = [m for m in (gpaw_sel["material_ids"] if gpaw_sel else []) if m not in in_bench]
     relax_ids = ids + gpaw_extra
