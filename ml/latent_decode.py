@@ -45,10 +45,12 @@ _PACKED_WIDTH = N_SLOTS + N_SLOTS + N_SLOTS * N_LETTERS + 1  # the reference's i
 _COMPACT_WIDTH = 88  # uint8: element + 1 (3), letter counts (81), space group (1), zero padding (3)
 
 
-def _rest(sequential: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """The layers of ``sequential`` after its first, on ``x`` (contiguous; ReLU in place: same
-    values)."""
-    for layer in list(sequential)[1:]:
+def _forward(sequential: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``sequential(x)`` with every ReLU after the first layer applied in place (same values, no
+    copies; ``x`` itself is never written)."""
+    layers = list(sequential)
+    x = layers[0](x)
+    for layer in layers[1:]:
         x = torch.relu_(x) if isinstance(layer, torch.nn.ReLU) else layer(x)
     return x
 
@@ -75,7 +77,6 @@ class _Heads:
             index = torch.as_tensor(cols, device=module.device)
             self.weight = net.array_decoder.weight.index_select(0, index).contiguous()
             self.bias = net.array_decoder.bias.index_select(0, index).contiguous()
-            self.firsts = firsts
         self.allowed_t = torch.as_tensor(self.allowed, device=module.device)
 
     def _outputs(self, z: torch.Tensor):
@@ -86,11 +87,10 @@ class _Heads:
             recon, sg_logits = net.decode(z)
             return (recon[:, :, ELEMENT].index_select(2, self.allowed_t), recon[:, :, LETTERS], sg_logits,
                     module.predict_properties(z))
-        first = [F.linear(z, f.weight, f.bias) for f in self.firsts]  # contiguous outputs: no copies
-        h = _rest(net.decoder_input, first[0])
+        h = _forward(net.decoder_input, z)
         out = F.linear(h, self.weight, self.bias).view(-1, N_SLOTS, self.k + N_LETTERS)
-        sg_logits = _rest(net.sg_decoder, first[1])
-        props = _rest(net.property_head, first[2]) * module.target_std + module.target_mean
+        sg_logits = _forward(net.sg_decoder, z)
+        props = _forward(net.property_head, z) * module.target_std + module.target_mean
         return out[:, :, :self.k], out[:, :, self.k:], sg_logits, props
 
     def rows(self, z: torch.Tensor, out: np.ndarray, props: np.ndarray) -> bool:

@@ -29,8 +29,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from ml.latent_noise import LatentNoise
 from ml.genes import GeneError, gene_key, wyckoff_json
+from ml.latent_noise import LatentNoise
 from ml.tensors import COUNT, COUNT_SCALE, ELEMENT, LETTERS, DecodedGenes, GeneArrays, decode_arrays, decoded_to_genes
 
 
