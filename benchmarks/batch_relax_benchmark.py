@@ -14,7 +14,7 @@ in their primitive cell), model loading included:
 
 * ``single``: the per-structure path, ``relax_task``, 2 worker processes x 1 thread, chunks of 4;
 * ``batched``: ``relax_batch_task`` (``batched=True``), 2 worker processes x 1 thread, the trials
-  in batches handed out as workers free up (run_tasks' default: 4 batches of 10 for 40 trials);
+  in guided batches handed out as workers free up (run_tasks' default: 10, 8, 6, 4, 3, 3, 2, 2, 2 for 40 trials);
 * ``batched-1x2``: one worker process with 2 torch/BLAS threads batching all of them.
 
 Both sides use the platform's optimizer (``dft.relax.DEFAULT_OPTIMIZER``, BFGS) unless

@@ -78,23 +78,24 @@ def test_local_worker_that_dies_is_replaced_and_its_missing_tasks_rerun(tmp_path
 
 def test_local_batched_mode_writes_one_file_per_task_and_resumes(tmp_path):
     tasks = make_tasks(tmp_path / "calls", 5)
-    config = ComputeConfig(max_workers=2)  # batched default: one batch per worker
+    config = ComputeConfig(max_workers=2)  # batched default: guided chunks of 2, 2, 1
 
     results = run_tasks(record_batch, tasks, config, tmp_path / "res", batched=True)
 
     assert [results[k]["square"] for k in tasks] == [0, 1, 4, 9, 16]
     assert load_results(tmp_path / "res") == results  # one file per task
     calls = calls_per_name(tmp_path / "calls")
-    assert calls.pop("batch") == 2 and calls == {f"t{i}": 1 for i in range(5)}  # 3 + 2 tasks
+    assert calls.pop("batch") == 3 and calls == {f"t{i}": 1 for i in range(5)}  # 2 + 2 + 1 tasks
     run_tasks(record_batch, tasks, config, tmp_path / "res", batched=True)
-    assert sum(calls_per_name(tmp_path / "calls").values()) == 7  # nothing recomputed
+    assert sum(calls_per_name(tmp_path / "calls").values()) == 8  # nothing recomputed
 
 
 def test_local_batch_that_raises_gives_failed_rows_for_its_unfinished_tasks(tmp_path):
     tasks = make_tasks(tmp_path / "calls", 4)
     tasks["SrTiO3|221/{1}"]["raise"] = True  # the batch breaks after t1 has finished
 
-    results = run_tasks(record_batch, tasks, ComputeConfig(max_workers=1), tmp_path / "res", batched=True)
+    results = run_tasks(record_batch, tasks, ComputeConfig(max_workers=1, batch_size=4), tmp_path / "res",
+                        batched=True)
 
     assert [results[k]["verdict"] for k in tasks] == ["ok", "ok", "failed", "failed"]
     assert results["SrTiO3|221/{2}"]["reason"] == "batch failed: RuntimeError: batch broke after t1"
@@ -105,8 +106,8 @@ def test_local_batch_whose_worker_dies_is_resubmitted_for_its_unfinished_tasks(t
     tasks = make_tasks(tmp_path / "calls", 4)
     tasks["SrTiO3|221/{2}"]["crash_once"] = str(tmp_path / "crashed")  # kills the worker inside the batch
 
-    results = run_tasks(record_batch, tasks, ComputeConfig(max_workers=1, max_resubmits=1), tmp_path / "res",
-                        batched=True)
+    results = run_tasks(record_batch, tasks, ComputeConfig(max_workers=1, max_resubmits=1, batch_size=4),
+                        tmp_path / "res", batched=True)
 
     assert [results[k]["square"] for k in tasks] == [0, 1, 4, 9]
     # t0 and t1 were written before the crash: the resubmitted batch redid only t2 and t3
@@ -114,12 +115,16 @@ def test_local_batch_whose_worker_dies_is_resubmitted_for_its_unfinished_tasks(t
 
 
 def test_batch_size_sets_the_chunks():
-    assert ComputeConfig(max_workers=2).tasks_per_chunk(9, batched=True) == 5  # one batch per worker
-    assert ComputeConfig(max_workers=2).tasks_per_chunk(40, batched=True) == 10  # 2 per worker, >= 8 each
-    assert ComputeConfig(max_workers=2).tasks_per_chunk(1000, batched=True) == 125  # 4 per worker
-    assert ComputeConfig(max_workers=2, batch_size=3).tasks_per_chunk(9, batched=True) == 3
-    assert ComputeConfig(mode="slurm", chunk_size=8).tasks_per_chunk(100, batched=True) == 8
-    assert ComputeConfig(max_workers=2, chunk_size=4).tasks_per_chunk(9, batched=False) == 4
+    # local batched default: guided, each chunk a quarter (2 shares x 2 workers) of what is left,
+    # at least a pair -- worked by hand for 40 tasks: 40/4=10, 30/4->8, 22/4->6, 16/4=4, 12/4=3,
+    # 9/4->3, then pairs
+    assert ComputeConfig(max_workers=2).chunk_sizes(40, batched=True) == [10, 8, 6, 4, 3, 3, 2, 2, 2]
+    assert ComputeConfig(max_workers=2).chunk_sizes(3, batched=True) == [2, 1]
+    big = ComputeConfig(max_workers=2).chunk_sizes(1000, batched=True)
+    assert sum(big) == 1000 and big[0] == 250 and big == sorted(big, reverse=True) and big[-1] <= 2
+    assert ComputeConfig(max_workers=2, batch_size=3).chunk_sizes(9, batched=True) == [3, 3, 3]
+    assert ComputeConfig(mode="slurm", chunk_size=8).chunk_sizes(20, batched=True) == [8, 8, 4]
+    assert ComputeConfig(max_workers=2, chunk_size=4).chunk_sizes(9, batched=False) == [4, 4, 1]
     with pytest.raises(ValueError, match="batch_size"):
         ComputeConfig(batch_size=0)
 
