@@ -158,3 +158,79 @@ def crystal_graph(atoms, converter):
         graph_id=None, mp_id=None, composition=atoms.get_chemical_formula(),
         atom_graph_cutoff=converter.atom_graph_cutoff, bond_graph_cutoff=converter.bond_graph_cutoff,
     )
+
+
+def batch_graphs(graphs, bond_basis_expansion, angle_basis_expansion):
+    """CHGNet's ``BatchedGraph.from_graphs(graphs, ..., compute_stress=True)`` assembled with one
+    set of tensor operations for the whole batch instead of one per graph: a batch of k graphs
+    costs the same few dozen operations forward and backward whatever k is (per graph, the
+    original builds the strained lattice, the Cartesian coordinates, the bond and angle bases
+    separately -- ~20 small operations each, paid again by the backward pass).
+
+    Returns ``(batched_graph, positions, strain, volumes)``: ``positions`` (atoms, 3) are the
+    Cartesian coordinates of all atoms in graph order and ``strain`` (k, 3, 3) the zero strains
+    (requires grad), the two tensors a force and stress backward pass differentiates against --
+    ``-dE/dpositions`` are the forces and ``dE/dstrain / volume`` the stress, as CHGNet takes
+    them from its per-graph ``atom_positions`` and ``strains``; ``volumes`` (k,) are the cells'
+    volumes (detached, as CHGNet keeps them). Each operation is the one CHGNet applies per graph,
+    so the values equal ``from_graphs``' to float32 rounding (tests/test_chgnet_graph.py)."""
+    import torch
+    from chgnet.model.model import BatchedGraph
+
+    k = len(graphs)
+    dtype = graphs[0].lattice.dtype
+    n_atoms = [int(g.atomic_number.shape[0]) for g in graphs]
+    atom_graphs = [g.atom_graph.reshape(-1, 2) for g in graphs]
+    n_directed = [int(a.shape[0]) for a in atom_graphs]
+    n_undirected = [int(g.undirected2directed.shape[0]) for g in graphs]
+    atom_offset = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
+    directed_offset = np.concatenate([[0], np.cumsum(n_directed)[:-1]]).astype(np.int64)
+    undirected_offset = np.concatenate([[0], np.cumsum(n_undirected)[:-1]]).astype(np.int64)
+
+    def per_item(counts, offsets):  # offset of each row, as a column tensor
+        return torch.from_numpy(np.repeat(offsets, counts))
+
+    atom_owner = torch.from_numpy(np.repeat(np.arange(k), n_atoms))
+    edge_owner = torch.from_numpy(np.repeat(np.arange(k), n_directed))
+
+    strain = torch.zeros((k, 3, 3), dtype=dtype, requires_grad=True)
+    lattice = torch.stack([g.lattice for g in graphs]) @ (torch.eye(3, dtype=dtype) + strain)
+    fixed = lattice.detach()
+    volumes = (fixed[:, 0] * torch.linalg.cross(fixed[:, 1], fixed[:, 2], dim=-1)).sum(-1)  # signed, as CHGNet's
+    frac = torch.cat([g.atom_frac_coord for g in graphs])
+    positions = torch.einsum("ni,nij->nj", frac, lattice[atom_owner])
+
+    atom_graph = torch.cat(atom_graphs).long() + per_item(n_directed, atom_offset)[:, None]
+    image = torch.cat([g.neighbor_image for g in graphs])
+    neighbor = positions[atom_graph[:, 1]] + torch.einsum("ei,eij->ej", image, lattice[edge_owner])
+    bond_vectors = positions[atom_graph[:, 0]] - neighbor
+    bond_lengths = torch.norm(bond_vectors, dim=1)
+    bond_vectors = bond_vectors / bond_lengths[:, None]
+    undirected2directed = (torch.cat([g.undirected2directed for g in graphs]).long()
+                           + per_item(n_undirected, directed_offset))
+    undirected_lengths = torch.index_select(bond_lengths, 0, undirected2directed)
+    bond_bases_ag = bond_basis_expansion.rbf_expansion_ag(undirected_lengths)
+    bond_bases_bg = bond_basis_expansion.rbf_expansion_bg(undirected_lengths)
+
+    bond_graphs = [g.bond_graph.reshape(-1, 5) for g in graphs]
+    n_angles = [int(b.shape[0]) for b in bond_graphs]
+    if sum(n_angles):
+        bg = torch.cat(bond_graphs).long()
+        a_off = per_item(n_angles, atom_offset)
+        u_off = per_item(n_angles, undirected_offset)
+        d_off = per_item(n_angles, directed_offset)
+        angle_bases = angle_basis_expansion(torch.index_select(bond_vectors, 0, bg[:, 2] + d_off),
+                                            torch.index_select(bond_vectors, 0, bg[:, 4] + d_off))
+        batched_bond_graph = torch.stack([bg[:, 0] + a_off, bg[:, 1] + u_off, bg[:, 3] + u_off], dim=1)
+        batched_bond_graph = batched_bond_graph.to(graphs[0].bond_graph.dtype)
+    else:
+        angle_bases, batched_bond_graph = torch.tensor([]), torch.tensor([])
+    directed2undirected = (torch.cat([g.directed2undirected for g in graphs]).long()
+                           + per_item(n_directed, undirected_offset)).to(graphs[0].directed2undirected.dtype)
+    batched = BatchedGraph(
+        atomic_numbers=torch.cat([g.atomic_number for g in graphs]),
+        bond_bases_ag=bond_bases_ag, bond_bases_bg=bond_bases_bg, angle_bases=angle_bases,
+        batched_atom_graph=atom_graph.to(graphs[0].atom_graph.dtype), batched_bond_graph=batched_bond_graph,
+        atom_owners=atom_owner.to(torch.int32), directed2undirected=directed2undirected,
+        atom_positions=[positions], strains=[strain], volumes=volumes)
+    return batched, positions, strain, volumes

@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from dft.trials import generate_trials
 
@@ -135,23 +136,33 @@ def relax_task(payload: dict) -> dict:
 
     structure = Structure.from_file(payload["cif_path"])
     settings = _relax_settings(payload)
-    relaxer = get_relaxer(settings[0], optimizer=settings[4])
-    kwargs = {"fmax": settings[1], "max_steps": settings[2]}
-    if settings[3]:
+    relaxer = get_relaxer(settings.relaxer, optimizer=settings.optimizer)
+    kwargs = {"fmax": settings.fmax, "max_steps": settings.max_steps}
+    if settings.primitive:
         r = relax_primitive(relaxer, structure, **kwargs)
     else:
         r = relaxer.relax(structure, **kwargs)
     return relax_row(r, payload)
 
 
-def _relax_settings(payload: dict) -> tuple[str, float, int, bool, str]:
-    """(relaxer, fmax, max_steps, primitive, optimizer) of a relax payload, with the defaults
-    (optimizer: :data:`dft.relax.DEFAULT_OPTIMIZER`)."""
+class RelaxSettings(NamedTuple):
+    """How a relax payload asks to be relaxed; payloads with equal settings share a batch."""
+
+    relaxer: str
+    fmax: float
+    max_steps: int
+    primitive: bool
+    optimizer: str
+
+
+def _relax_settings(payload: dict) -> RelaxSettings:
+    """The settings of a relax payload, with the defaults (optimizer:
+    :data:`dft.relax.DEFAULT_OPTIMIZER`)."""
     from dft.relax import DEFAULT_OPTIMIZER
 
-    return (str(payload.get("relaxer", "chgnet")), float(payload.get("fmax", 0.05)),
-            int(payload.get("max_steps", 500)), bool(payload.get("primitive", True)),
-            str(payload.get("optimizer") or DEFAULT_OPTIMIZER))
+    return RelaxSettings(relaxer=str(payload.get("relaxer", "chgnet")), fmax=float(payload.get("fmax", 0.05)),
+                         max_steps=int(payload.get("max_steps", 500)), primitive=bool(payload.get("primitive", True)),
+                         optimizer=str(payload.get("optimizer") or DEFAULT_OPTIMIZER))
 
 
 def relax_row(r, payload: dict) -> dict:
@@ -173,7 +184,7 @@ def relax_batch_task(items: list[tuple[str, dict]]):
 
     from dft.batch_relax import get_batch_relaxer
 
-    groups: dict[tuple, list[tuple[str, dict, object]]] = {}
+    groups: dict[RelaxSettings, list[tuple[str, dict, object]]] = {}
     for key, payload in items:
         try:
             structure = Structure.from_file(payload["cif_path"])
@@ -181,10 +192,10 @@ def relax_batch_task(items: list[tuple[str, dict]]):
             yield key, {"verdict": "failed", "reason": f"{type(exc).__name__}: {str(exc).strip()[:500]}"}
             continue
         groups.setdefault(_relax_settings(payload), []).append((key, payload, structure))
-    for (relaxer, fmax, max_steps, primitive, optimizer), members in groups.items():
-        batch = get_batch_relaxer(relaxer, threads=None, optimizer=optimizer)
-        for index, result in batch.iter_relax([m[2] for m in members], fmax=fmax, max_steps=max_steps,
-                                              primitive=primitive):
+    for settings, members in groups.items():
+        batch = get_batch_relaxer(settings.relaxer, threads=None, optimizer=settings.optimizer)
+        for index, result in batch.iter_relax([m[2] for m in members], fmax=settings.fmax,
+                                              max_steps=settings.max_steps, primitive=settings.primitive):
             key, payload, _ = members[index]
             yield key, relax_row(result, payload)
 
