@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from ase.calculators.calculator import Calculator
 
-from dft.chgnet_graph import batch_graphs, crystal_graph
+from dft.chgnet_graph import crystal_graph
 from dft.relax import (
     DEFAULT_OPTIMIZER,
     OPTIMIZERS,
@@ -198,25 +198,25 @@ class CHGNetBatch(BatchEvaluator):
 
     def forward(self, prepared: list) -> list[dict]:
         import torch
+        from chgnet.model.model import BatchedGraph
 
         model = self.model
         graphs = [g for _, g in prepared]
         comp_energy = 0 if model.composition_model is None else model.composition_model(graphs)
-        batched, positions, strain, volumes = batch_graphs(graphs, model.bond_basis_expansion,
-                                                           model.angle_basis_expansion)
+        batched = BatchedGraph.from_graphs(graphs, bond_basis_expansion=model.bond_basis_expansion,
+                                           angle_basis_expansion=model.angle_basis_expansion, compute_stress=True)
         prediction = model._compute(batched, compute_force=False, compute_stress=False)
         energy = prediction["e"] + comp_energy  # per atom when the model is intensive, as forward() returns it
         n_atoms = prediction["atoms_per_graph"]
         total = energy * n_atoms if model.is_intensive else energy
-        force_grad, strain_grad = torch.autograd.grad(total.sum(), [positions, strain])
-        stress_gpa = (strain_grad / volumes[:, None, None] * self.gpa_per_ev_per_a3).numpy()
-        forces = (-force_grad).numpy()
+        grads = torch.autograd.grad(total.sum(), [*batched.atom_positions, *batched.strains])
+        k = len(graphs)
         total = total.detach().numpy()
-        out, start = [], 0
-        for i, (n, _) in enumerate(prepared):
-            out.append({"energy": float(total[i]), "forces": forces[start:start + n],
-                        "stress": stress_gpa[i] * self.ev_per_a3_per_gpa})  # 3x3, as the calculator returns it
-            start += n
+        out = []
+        for i in range(k):
+            stress_gpa = (grads[k + i] / batched.volumes[i] * self.gpa_per_ev_per_a3).numpy()
+            out.append({"energy": float(total[i]), "forces": -grads[i].numpy(),
+                        "stress": stress_gpa * self.ev_per_a3_per_gpa})  # 3x3, as the calculator returns it
         return out
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from dft.chgnet_graph import batch_graphs, crystal_graph, graph_indices
+from dft.chgnet_graph import crystal_graph, graph_indices
 from dft.relax import load_model
 from dft.trials import generate_trials
 
@@ -82,51 +82,3 @@ def test_hand_worked_chain():
     assert graph_indices(2, center, neighbor, image, distance, 1.4)[3].shape == (0, 5)
     with pytest.raises(ValueError, match="reverse"):
         graph_indices(2, center[:3], neighbor[:3], image[:3], distance[:3], 2.0)
-
-
-def _strained_batch(model, graphs, assemble):
-    """Energy, forces and stress of a batch through one assembly (CHGNet's per-graph
-    ``from_graphs`` or :func:`batch_graphs`), as CHGNetBatch takes them."""
-    from chgnet.model.model import BatchedGraph
-
-    if assemble == "chgnet":
-        batched = BatchedGraph.from_graphs(graphs, bond_basis_expansion=model.bond_basis_expansion,
-                                           angle_basis_expansion=model.angle_basis_expansion, compute_stress=True)
-        positions, strains, volumes = batched.atom_positions, batched.strains, batched.volumes
-    else:
-        batched, cart, strain, volumes = batch_graphs(graphs, model.bond_basis_expansion, model.angle_basis_expansion)
-        positions, strains = [cart], [strain]
-    energy = model._compute(batched, compute_force=False, compute_stress=False)["e"]
-    total = energy * torch.bincount(batched.atom_owners)
-    grads = torch.autograd.grad(total.sum(), [*positions, *strains])
-    forces = torch.cat(grads[:len(positions)])
-    strain_grad = torch.cat([g.reshape(-1, 3, 3) for g in grads[len(positions):]])
-    return batched, total.detach(), forces, strain_grad / torch.as_tensor(volumes)[:, None, None]
-
-
-def test_batch_graphs_equals_chgnet_from_graphs(converter):
-    """One batch of 12 cells (with a 1-atom cell and an angle-free sparse one): the same indices,
-    and bases, energies, forces and stresses to float32 rounding, as CHGNet's per-graph assembly;
-    an angle-free batch alone too."""
-    model = load_model("chgnet")
-    sparse = Structure(Lattice.cubic(5.0), ["Xe"], [[0, 0, 0]])  # neighbours at 5 A: bonds, no angles
-    cells = structures() + [sparse]
-    graphs = []
-    for index, structure in enumerate(cells):
-        atoms = structure.to_ase_atoms()
-        atoms.rattle(0.02, seed=index)
-        graphs.append(crystal_graph(atoms, converter))
-    assert len(graphs[-1].bond_graph) == 0 and len(graphs[-1].atom_graph) > 0
-    for batch in (graphs, graphs[-1:]):
-        want, e_want, f_want, s_want = _strained_batch(model, batch, "chgnet")
-        got, e_got, f_got, s_got = _strained_batch(model, batch, "batched")
-        for name in ("atomic_numbers", "batched_atom_graph", "batched_bond_graph", "atom_owners", "directed2undirected"):
-            w, g = getattr(want, name), getattr(got, name)
-            assert w.shape == g.shape and (len(w) == 0 or torch.equal(w, g)), name
-        for name in ("bond_bases_ag", "bond_bases_bg", "angle_bases"):
-            w, g = getattr(want, name), getattr(got, name)
-            assert w.shape == g.shape and torch.allclose(w, g, atol=1e-5), name
-        assert torch.allclose(torch.as_tensor(want.volumes), got.volumes, rtol=1e-6)
-        assert torch.allclose(e_want, e_got, atol=1e-4)  # eV per cell
-        assert torch.allclose(f_want, f_got, rtol=1e-4, atol=1e-4)  # eV/A (forces up to 32 eV/A here)
-        assert torch.allclose(s_want, s_got, atol=1e-5)  # eV/A^3
