@@ -71,6 +71,24 @@ def test_batched_chgnet_equals_the_calculator_at_the_same_configurations():
     assert abs(expected).max() > 1e-3  # the strained cell does carry stress
 
 
+def test_chgnet_results_do_not_depend_on_the_batch():
+    """Each structure's energy, forces and stress are the same bits alone as inside a batch of
+    other structures (in any order): the per-structure path (a batch of one) and the batched path
+    then step on identical numbers, so a long BFGS relaxation cannot drift to another minimum
+    because of which structures shared its batch."""
+    atoms = [s.to_ase_atoms() for s in near_equilibrium()]
+    for index, a in enumerate(atoms):
+        a.rattle(0.03, seed=index)
+    evaluator = batch_evaluator("chgnet")
+    alone = [evaluator.evaluate([a])[0] for a in atoms]
+    for batch in (atoms, atoms[::-1], atoms[1:3]):
+        for a, got in zip(batch, evaluator.evaluate(batch)):
+            want = alone[atoms.index(a)]
+            assert got["energy"] == want["energy"]
+            assert np.array_equal(got["forces"], want["forces"])
+            assert np.array_equal(got["stress"], want["stress"])
+
+
 def test_batched_sevennet_mf0_equals_its_calculator_with_the_pbe_head():
     calc = get_relaxer("sevennet-mf0").calculator()
     assert calc.modal == "PBE"
