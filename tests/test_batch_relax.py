@@ -72,10 +72,13 @@ def test_batched_chgnet_equals_the_calculator_at_the_same_configurations():
 
 
 def test_chgnet_results_do_not_depend_on_the_batch():
-    """Each structure's energy, forces and stress are the same bits alone as inside a batch of
-    other structures (in any order): the per-structure path (a batch of one) and the batched path
-    then step on identical numbers, so a long BFGS relaxation cannot drift to another minimum
-    because of which structures shared its batch."""
+    """Each structure's energy, forces and stress are the same alone as inside a batch of other
+    structures, in any order, so the per-structure path (a batch of one) and the batched path
+    step on the same numbers. On the development machine they are the same bits; the tolerance
+    here is float32 rounding (a BLAS may round a product differently for another row count), far
+    below any coupling between the structures of a batch. A last-bit dependence still sends some
+    long BFGS relaxations to other minima; batch_relax_benchmark.py reports how many, by
+    comparing the two paths."""
     atoms = [s.to_ase_atoms() for s in near_equilibrium()]
     for index, a in enumerate(atoms):
         a.rattle(0.03, seed=index)
@@ -84,9 +87,9 @@ def test_chgnet_results_do_not_depend_on_the_batch():
     for batch in (atoms, atoms[::-1], atoms[1:3]):
         for a, got in zip(batch, evaluator.evaluate(batch)):
             want = alone[atoms.index(a)]
-            assert got["energy"] == want["energy"]
-            assert np.array_equal(got["forces"], want["forces"])
-            assert np.array_equal(got["stress"], want["stress"])
+            assert got["energy"] == pytest.approx(want["energy"], abs=1e-5)
+            assert np.allclose(got["forces"], want["forces"], rtol=0, atol=1e-5)
+            assert np.allclose(got["stress"], want["stress"], rtol=0, atol=1e-7)
 
 
 def test_batched_sevennet_mf0_equals_its_calculator_with_the_pbe_head():
