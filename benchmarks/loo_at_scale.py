@@ -555,23 +555,24 @@ def _verdict_text(part: dict) -> str:
 
 def _same_crystal(warehouse: Path, key: str, entry: dict) -> dict:
     """Whether the held-out gene's relaxed structure is the held-out material's crystal (snapshot
-    CIF; ml.loo_summary.same_arrangement), by the fast model (``same_crystal_fast``) and by the
+    CIF; dft.matching.same_arrangement), by the fast model (``same_crystal_fast``) and by the
     model that judged it (``same_crystal``: the decider where it rescored the gene)."""
     import duckdb
     from pymatgen.core import Structure
 
-    from ml.loo_summary import same_arrangement
+    from dft.matching import same_arrangement
 
-    ref = fast = decided = None
+    from wycryst_assets.warehouse import table_exists
+
+    decided = None
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
         ref = con.execute("SELECT cif FROM materials WHERE material_id = ?", [entry["material_id"]]).fetchone()
         fast = con.execute("SELECT relaxed_cif FROM relaxed_structures WHERE target = ? AND gene_key = ? AND best_trial "
                            "AND relaxed_cif IS NOT NULL", [key, entry["gene_key"]]).fetchone()
-        decided = con.execute("SELECT relaxed_cif FROM rescored_structures WHERE target = ? AND gene_key = ? AND "
-                              "status = 'rescored' AND relaxed_cif IS NOT NULL", [key, entry["gene_key"]]).fetchone()
-    except duckdb.Error:  # no rescored_structures table yet
-        pass
+        if table_exists(con, "rescored_structures"):  # absent before the first rescoring
+            decided = con.execute("SELECT relaxed_cif FROM rescored_structures WHERE target = ? AND gene_key = ? AND "
+                                  "status = 'rescored' AND relaxed_cif IS NOT NULL", [key, entry["gene_key"]]).fetchone()
     finally:
         con.close()
     if not ref or not fast:

@@ -138,6 +138,17 @@ def same_crystal(a, b, energy_a: float | None = None, energy_b: float | None = N
     return StructureMatcher(**SAME_CRYSTAL_MATCHER).fit(a, b)
 
 
+def same_arrangement(relaxed, reference) -> bool:
+    """Whether a relaxed structure is the reference material's crystal up to its cell: pymatgen's
+    StructureMatcher at its default tolerances with volumes scaled (ltol 0.2, stol 0.3, angle_tol 5,
+    primitive cells), looser than :func:`same_crystal` on purpose -- it reads a lattice loss, where
+    the cell may be several percent off. Tells a lattice loss of the right crystal (cell off: the
+    energy model) from a relaxation into another arrangement of the same Wyckoff gene (the trials)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return bool(StructureMatcher().fit(relaxed, reference))
+
+
 def crystal_ranks(structures, energies=None) -> list[int]:
     """Energy ranks counted over distinct crystals: ``structures`` sorted by energy (lowest
     first; ``energies`` per atom, same order, optional); a structure that is the :func:`same_crystal`

@@ -58,16 +58,6 @@ def failure_stage(row: dict) -> tuple[str | None, str]:
     return None, ""
 
 
-def same_arrangement(relaxed, reference) -> bool:
-    """Whether a relaxed structure is the reference material's crystal up to its cell: pymatgen's
-    StructureMatcher at its default tolerances with volumes scaled (ltol 0.2, stol 0.3, angle_tol 5,
-    primitive cells). Tells a lattice loss of the right crystal (cell off: the energy model) from a
-    relaxation into another arrangement of the same Wyckoff gene (the trials)."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    return bool(StructureMatcher().fit(relaxed, reference))
-
-
 def model_figures(report: dict, fast: dict | None = None) -> dict:
     """A benchmark row's structure-stage fields by model, from a ``loo_report`` row (``report``:
     the cascade's verdict, :func:`dft.loo.loo_verdict` with the decider's rows) and the fast

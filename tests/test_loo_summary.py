@@ -110,7 +110,7 @@ def test_model_figures_keep_the_fast_verdict_beside_the_cascade(tmp_path):
 def test_a_lattice_loss_says_whether_it_is_the_held_out_crystal():
     from pymatgen.core import Lattice, Structure
 
-    from ml.loo_summary import same_arrangement
+    from dft.matching import same_arrangement
 
     def perovskite(a, o_sites):
         return Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"], [[.5, .5, .5], [0, 0, 0], *o_sites])
