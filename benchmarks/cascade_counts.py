@@ -91,13 +91,11 @@ def _counts(home: str, key: str) -> None:
 
 def _phonon_rows(home: str, key: str):
     import duckdb
-    import polars as pl
+
+    from wycryst_assets.warehouse import read_partition
 
     with duckdb.connect(str(Path(home) / "warehouse.duckdb"), read_only=True) as con:
-        known = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "phonon_verdicts" not in known:
-            return None
-        return pl.from_arrow(con.execute("SELECT * FROM phonon_verdicts WHERE target = ?", [key]).to_arrow_table())
+        return read_partition(con, "phonon_verdicts", key)
 
 
 def _verdict_line(df, label: str) -> str:

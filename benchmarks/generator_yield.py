@@ -99,6 +99,7 @@ def main() -> None:
     from wycryst_assets.assets.pvae import model_dir
     from wycryst_assets.definitions import defs
     from wycryst_assets.partitions import sync_target_partitions
+    from wycryst_assets.warehouse import table_exists
 
     key = args.partition
     graph = {a.key.to_user_string(): a for a in defs.assets}
@@ -126,8 +127,7 @@ def main() -> None:
             if not (model_dir(key) / "model.json").exists():
                 materialize(instance, "pvae_model", {"max_epochs": args.max_epochs})
             with duckdb.connect(str(settings.warehouse_path()), read_only=True) as conn:
-                have = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = "
-                                    "'filtered_genes'").fetchone()[0] and conn.execute(
+                have = table_exists(conn, "filtered_genes") and conn.execute(
                     "SELECT count(*) FROM filtered_genes WHERE target = ?", [key]).fetchone()[0]
             if not have:
                 materialize(instance, "sampled_genes", {"samples_per_origin": args.samples_per_origin,
