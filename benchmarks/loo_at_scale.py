@@ -360,6 +360,9 @@ def main() -> None:
     def stored(key: str) -> dict:  # the home that ran the most stages of this partition (this one on ties)
         return max((h.state(key) for h in homes), key=len)
 
+    def stored_home(key: str):
+        return max(homes, key=lambda h: len(h.state(key)))
+
     passed_rank = _rank_among_passed([h.home / "warehouse.duckdb" for h in homes], entries)
     rows = []
     for index, entry in enumerate(entries):
@@ -369,6 +372,11 @@ def main() -> None:
             continue
         base = {"partition": key, "task": entry["task"], "crystal_system": entry["crystal_system"],
                 "chemistry": entry["chemistry"], "structures_planned": index < args.structures_n}
+        in_warehouse = list(st.get("structures") or {})[-1:]  # the variant whose relaxations are stored
+        for tv in in_warehouse:  # runs stored before the arrangement probe existed: probe now
+            part = st["structures"][tv]
+            if part.get("same_crystal_fast") is False and "arrangement_found" not in part:
+                part.update(_arrangement_probe(stored_home(key).home / "warehouse.duckdb", key, entry))
         for fv in filter_variants:
             for tv in (trial_variants if st.get("structures") else [None]):
                 rows.append(_row(base, st, fv, tv))
@@ -581,7 +589,44 @@ def _same_crystal(warehouse: Path, key: str, entry: dict) -> dict:
     out = {"same_crystal_fast": same_arrangement(Structure.from_file(fast[0]), reference)}
     out["same_crystal"] = same_arrangement(Structure.from_file(decided[0]), reference) if decided else out[
         "same_crystal_fast"]
+    if not out["same_crystal_fast"]:
+        out.update(_arrangement_probe(warehouse, key, entry))
     return out
+
+
+def _arrangement_probe(warehouse: Path, key: str, entry: dict) -> dict:
+    """Where the held-out gene's best relaxed trial (fast model) is another crystal than the
+    held-out material's: did any other trial of that gene relax into the material's arrangement
+    (dft.matching.same_arrangement)? ``arrangement_found`` (None: no relaxed trial to look at),
+    the lowest such trial's ``arrangement_origin`` (random / prototype:<id>) and
+    ``arrangement_above_mev``: its energy above the gene's best trial, meV/atom, by the fast model
+    -- found but above says the model prefers another arrangement of the same Wyckoff gene; not
+    found says the trials never reached it."""
+    import duckdb
+    from pymatgen.core import Structure
+
+    from dft.matching import same_arrangement
+
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        ref = con.execute("SELECT cif FROM materials WHERE material_id = ?", [entry["material_id"]]).fetchone()
+        trials = con.execute("SELECT origin, energy_per_atom, relaxed_cif FROM relaxed_structures WHERE target = ? "
+                             "AND gene_key = ? AND relaxed_cif IS NOT NULL AND energy_per_atom IS NOT NULL "
+                             "ORDER BY energy_per_atom", [key, entry["gene_key"]]).fetchall()
+    finally:
+        con.close()
+    if not ref or not trials:
+        return {"arrangement_found": None}
+    reference = Structure.from_str(ref[0], fmt="cif")
+    for origin, energy, cif in trials:
+        try:
+            match = same_arrangement(Structure.from_file(cif), reference)
+        except Exception:  # an unreadable relaxed file is no match
+            match = False
+        if match:
+            return {"arrangement_found": True, "arrangement_origin": origin,
+                    "arrangement_above_mev": round(1000 * (energy - trials[0][1]), 1), "arrangement_trials": len(trials)}
+    return {"arrangement_found": False, "arrangement_trials": len(trials)}
 
 
 def _fast_only_verdict(warehouse: Path, key: str, refine: bool) -> dict:
@@ -630,6 +675,8 @@ def _row(base: dict, st: dict, filter_variant: str, trial_variant: str | None) -
                    sg_after=s.get("sg_after"), best_origin=s.get("best_origin"),
                    lattice_err_before_fix=s.get("lattice_err_before_fix"), genes_rescored=s.get("genes_rescored"),
                    same_crystal=s.get("same_crystal"), same_crystal_fast=s.get("same_crystal_fast"),
+                   **{k: s.get(k) for k in ("arrangement_found", "arrangement_origin", "arrangement_above_mev",
+                                            "arrangement_trials")},
                    **model_figures(s, s.get("fast_only")))
         if s.get("error"):
             row.update(error=s["error"], error_stage="report")

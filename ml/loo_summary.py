@@ -4,8 +4,11 @@ A benchmark row is a dict per partition: ``task``, ``crystal_system``, ``chemist
 stages recorded -- ``error`` / ``error_stage`` (a run that raised), ``sampled``, ``passed``,
 ``reasons`` (filter reason codes of the held-out gene), ``in_budget`` (its gene got trial
 structures; None when the structure stage was not run), ``trials_ok``, ``relaxed``, ``sg_kept``,
-``lattice_ok``, ``lattice_err``, ``gs_rank`` (ground-state rank among the formula's relaxed
-crystals), ``recovered`` -- the energy-model cascade's figures (the decider's where it rescored the
+``lattice_ok``, ``lattice_err``, ``same_crystal`` (the held-out gene's relaxed structure is the
+material's crystal), ``arrangement_found`` / ``arrangement_origin`` / ``arrangement_above_mev`` /
+``arrangement_trials`` (where it is not: whether another trial of the gene relaxed into the
+material's arrangement, and how far above the gene's best), ``gs_rank`` (ground-state rank among
+the formula's relaxed crystals), ``recovered`` -- the energy-model cascade's figures (the decider's where it rescored the
 held-out gene; ``decided_by`` names the model) -- and the fast model's alone beside them
 (``*_fast``, :func:`model_figures`).
 
@@ -52,6 +55,11 @@ def failure_stage(row: dict) -> tuple[str | None, str]:
         err = row.get("lattice_err")
         what = {True: "; the held-out crystal, its cell off", False: "; another crystal than the held-out "
                 "material's (same gene, other positions)"}.get(row.get("same_crystal"), "")
+        if row.get("same_crystal") is False and row.get("arrangement_found") is not None:
+            what += (f"; the material's arrangement relaxed too ({row.get('arrangement_origin')}) but "
+                     f"{row.get('arrangement_above_mev')} meV/atom above the gene's best (fast model)"
+                     if row["arrangement_found"] else
+                     f"; none of the gene's {row.get('arrangement_trials')} relaxed trials is the material's arrangement")
         return "lattice", f"max lattice error {err:.3f}{by}{what}" if isinstance(err, float) else "no lattice comparison"
     if row.get("task") == "ground_state" and row.get("gs_rank") != 1:
         return "ranking", f"ground-state rank {row.get('gs_rank')}{by}"

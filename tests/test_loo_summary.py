@@ -128,3 +128,48 @@ def test_a_lattice_loss_says_whether_it_is_the_held_out_crystal():
     assert failure_stage({**lost, "same_crystal": False})[1].endswith("another crystal than the held-out material's "
                                                                       "(same gene, other positions)")
     assert failure_stage(lost)[1] == "max lattice error 0.120 (sevennet-0)"  # not compared
+    # another crystal: whether any trial of the gene relaxed into the material's arrangement
+    found = {**lost, "same_crystal": False, "arrangement_found": True, "arrangement_origin": "prototype:mp-1",
+             "arrangement_above_mev": 9.1, "arrangement_trials": 6}
+    assert failure_stage(found)[1].endswith("(same gene, other positions); the material's arrangement relaxed too "
+                                            "(prototype:mp-1) but 9.1 meV/atom above the gene's best (fast model)")
+    missing = {**found, "arrangement_found": False}
+    assert failure_stage(missing)[1].endswith("; none of the gene's 6 relaxed trials is the material's arrangement")
+    assert failure_stage({**found, "same_crystal": True})[1].endswith("its cell off")  # the probe only explains a miss
+
+
+def test_arrangement_probe_finds_the_material_among_the_gene_trials(tmp_path):
+    """benchmarks/loo_at_scale.py's probe on a hand-built warehouse: the held-out gene's best trial
+    is SrTiO3 with O on 3c (another arrangement), a second trial is the material's (O on 3d) 9 meV/atom
+    higher: found, named by its origin, the gap in meV/atom; without that trial: not found."""
+    import duckdb
+    from pymatgen.core import Lattice, Structure
+
+    from benchmarks.loo_at_scale import _arrangement_probe
+
+    def perovskite(a, o_sites):
+        return Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"], [[.5, .5, .5], [0, 0, 0], *o_sites])
+
+    d, c = [[0, 0, .5], [0, .5, 0], [.5, 0, 0]], [[0, .5, .5], [.5, 0, .5], [.5, .5, 0]]
+    cifs = {}
+    for name, structure in {"other": perovskite(3.9, c), "material": perovskite(3.95, d)}.items():
+        cifs[name] = str(tmp_path / f"{name}.cif")
+        structure.to(filename=cifs[name])
+    db = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE materials (material_id VARCHAR, cif VARCHAR)")
+    con.execute("INSERT INTO materials VALUES ('mp-5229', ?)", [perovskite(3.905, d).to(fmt="cif")])
+    con.execute("CREATE TABLE relaxed_structures (target VARCHAR, gene_key VARCHAR, origin VARCHAR, "
+                "energy_per_atom DOUBLE, relaxed_cif VARCHAR)")
+    con.executemany("INSERT INTO relaxed_structures VALUES ('T', 'g', ?, ?, ?)",
+                    [["random", -8.000, cifs["other"]], ["prototype:mp-9", -7.991, cifs["material"]]])
+    con.close()
+    entry = {"material_id": "mp-5229", "gene_key": "g"}
+
+    assert _arrangement_probe(db, "T", entry) == {"arrangement_found": True, "arrangement_origin": "prototype:mp-9",
+                                                  "arrangement_above_mev": 9.0, "arrangement_trials": 2}
+    con = duckdb.connect(str(db))
+    con.execute("DELETE FROM relaxed_structures WHERE origin = 'prototype:mp-9'")
+    con.close()
+    assert _arrangement_probe(db, "T", entry) == {"arrangement_found": False, "arrangement_trials": 1}
+    assert _arrangement_probe(db, "T", {**entry, "gene_key": "none"}) == {"arrangement_found": None}
