@@ -358,17 +358,18 @@ def main() -> None:
     # --- the table
     homes = [bench, *(Bench(argparse.Namespace(**{**vars(args), "home": h})) for h in args.also_home.split(",") if h)]
 
-    def stored(key: str) -> dict:  # the home that ran the most stages of this partition (this one on ties)
-        return max((h.state(key) for h in homes), key=len)
-
-    def stored_home(key: str):
+    def stored_home(key: str):  # the home that ran the most stages of this partition (this one on ties)
         return max(homes, key=lambda h: len(h.state(key)))
+
+    def stored(key: str) -> dict:
+        return stored_home(key).state(key)
 
     passed_rank = _rank_among_passed([h.home / "warehouse.duckdb" for h in homes], entries)
     rows = []
     for index, entry in enumerate(entries):
         key = entry["partition"]
-        st = stored(key)
+        home = stored_home(key)
+        st = home.state(key)
         if only and key not in only:
             continue
         base = {"partition": key, "task": entry["task"], "crystal_system": entry["crystal_system"],
@@ -377,7 +378,7 @@ def main() -> None:
         for tv in in_warehouse:  # runs stored before the arrangement probe existed: probe now
             part = st["structures"][tv]
             if part.get("same_crystal_fast") is False and "arrangement_found" not in part:
-                part.update(_arrangement_probe(stored_home(key).home / "warehouse.duckdb", key, entry))
+                part.update(_arrangement_probe(home.home / "warehouse.duckdb", key, entry))
         for fv in filter_variants:
             for tv in (trial_variants if st.get("structures") else [None]):
                 rows.append(_row(base, st, fv, tv))
