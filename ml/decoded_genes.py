@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -228,31 +229,70 @@ def _wyckoff_text(blocks: pl.Series) -> pl.Series:
                                                    ignore_nulls=True), pl.lit("}")])).to_series()
 
 
+@functools.lru_cache(maxsize=1)
+def _formula_order() -> tuple[list[int], list[float], list[str], dict[str, str]]:
+    """Per vocabulary element: its rank in pymatgen's formula order (``_symbol_sort_order``:
+    electronegativity, no electronegativity last, then symbol), its electronegativity ``X`` (NaN
+    where pymatgen has none) and its symbol; and pymatgen's special formulas. All from pymatgen."""
+    import warnings
+
+    from pymatgen.core.composition import Composition, _symbol_sort_order
+    from pymatgen.core.periodic_table import get_el_sp
+
+    symbols = list(vocabulary())
+    rank = [0] * len(symbols)
+    for r, sym in enumerate(_symbol_sort_order(symbols)):
+        rank[symbols.index(sym)] = r
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "No Pauling electronegativity for He" etc.
+        x = [float(get_el_sp(sym).X) for sym in symbols]
+    return rank, x, symbols, dict(Composition.special_formulas)
+
+
+def _reduce_ratio(amounts: dict[int, int], rank, x, symbols, special) -> str:
+    """pymatgen's ``reduce_formula`` of element index -> positive integer amount followed by
+    ``Composition.special_formulas``, with pymatgen's steps: divide by the gcd, formula order,
+    then the last two elements written as a polyanion ``(AB)n`` when their electronegativities
+    differ by less than 1.65 and their own gcd ``n`` is not 1, amounts of one left out. ~15x
+    cheaper than the call (no Element lookups; sorts of three items)."""
+    g = math.gcd(*amounts.values())
+    if g > 1:
+        amounts = {e: a // g for e, a in amounts.items()}
+    order = sorted(amounts, key=rank.__getitem__)
+    poly = ""
+    if len(order) >= 3 and x[order[-1]] - x[order[-2]] < 1.65:  # False for a NaN, as in pymatgen
+        a, b = amounts[order[-2]], amounts[order[-1]]
+        n = math.gcd(a, b)
+        if n != 1:
+            poly = f"({symbols[order[-2]]}{_amount(a // n)}{symbols[order[-1]]}{_amount(b // n)}){n}"
+            order = order[:-2]
+    formula = "".join(f"{symbols[e]}{_amount(amounts[e])}" for e in order) + poly
+    return special.get(formula, formula)
+
+
+def _amount(n: int) -> str:
+    return "" if n == 1 else str(n)
+
+
 def reduced_formulas(element: np.ndarray, counts: np.ndarray) -> tuple[list[str], np.ndarray]:
     """pymatgen's reduced formula of each row's (element, atoms) slots, "" without atoms:
     (distinct formulas, row -> index). Rows are divided by the gcd of their counts first (the
-    reduced formula depends on the ratios only), then each distinct ratio goes through pymatgen's
-    own ``reduce_formula`` and ``Composition.special_formulas``, as
-    ``Composition.reduced_formula`` does."""
-    from pymatgen.core.composition import Composition, reduce_formula
-
-    _, symbols = _symbol_order()
+    reduced formula depends on the ratios only), then each distinct ratio is written by
+    :func:`_reduce_ratio`, pymatgen's ``reduce_formula`` + ``Composition.special_formulas`` on
+    pymatgen's own element order and electronegativities (``Composition.reduced_formula``'s
+    steps; checked against it by the tests)."""
+    rank, x, symbols, special = _formula_order()
     counts = np.where(element >= 0, np.clip(counts, 0, None), 0)
     g = np.gcd.reduce(counts, axis=1)
     ratio = counts // np.where(g > 0, g, 1)[:, None]
     first, inverse = unique_rows(np.concatenate([np.where(ratio > 0, element, -1), ratio], axis=1))
-    special = Composition.special_formulas
     out = []
     for els, cnts in zip(element[first].tolist(), ratio[first].tolist()):
-        amounts: dict[str, int] = {}
+        amounts: dict[int, int] = {}
         for e, c in zip(els, cnts):
             if c > 0:  # two slots of one element add up
-                amounts[symbols[e]] = amounts.get(symbols[e], 0) + c
-        if not amounts:
-            out.append("")
-            continue
-        formula, _ = reduce_formula(amounts)
-        out.append(special.get(formula, formula))
+                amounts[e] = amounts.get(e, 0) + c
+        out.append(_reduce_ratio(amounts, rank, x, symbols, special) if amounts else "")
     return out, inverse
 
 

@@ -81,6 +81,43 @@ def test_sampling_is_reproducible_with_a_seed(tiny_model):
     assert int(other["hits"].sum()) == 2000
 
 
+def test_sampling_pauses_the_cyclic_gc_and_restores_it(tiny_model, monkeypatch):
+    """Python's cyclic collector is off while sampling decodes and canonicalizes (no collection
+    walks the process's objects), and comes back as it was, also when sampling fails."""
+    import gc
+
+    import ml.decoded_genes as decoded_genes
+    from ml.tensors import encode_table
+
+    module, table = tiny_model
+    origins = encode_table(table.head(2))
+    seen = []
+    real = decoded_genes.genes_table
+
+    def spy(*args):
+        seen.append(gc.isenabled())
+        return real(*args)
+
+    monkeypatch.setattr(decoded_genes, "genes_table", spy)
+    assert gc.isenabled()
+    sample_genes(module, origins, SamplingConfig(50, 1.0, seed=1, batch_size=64))
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        sample_genes(module, origins, SamplingConfig(50, 1.0, seed=1, batch_size=64))
+        assert not gc.isenabled()  # left off by whoever turned it off
+    finally:
+        gc.enable()
+
+    def broken(*args):
+        raise RuntimeError("canonicalization failed")
+
+    monkeypatch.setattr(decoded_genes, "genes_table", broken)
+    with pytest.raises(RuntimeError, match="canonicalization failed"):
+        sample_genes(module, origins, SamplingConfig(50, 1.0, seed=1, batch_size=64))
+    assert gc.isenabled()
+
+
 def test_element_constrained_decoding_keeps_to_the_allowed_elements(tiny_model):
     from pymatgen.core import Composition
 
@@ -270,6 +307,37 @@ def test_reduced_formulas_match_pymatgen():
         if expected:
             assert normalize_formula(expected) == expected
     assert formulas[index[0]] == "O2" and formulas[index[1]] == "H2O2"
+
+
+def test_reduced_formulas_match_pymatgen_over_the_whole_vocabulary():
+    """Random compositions of up to three of all 94 elements (noble gases without an
+    electronegativity, repeated elements, polyanion pairs with a common factor) against
+    Composition.reduced_formula."""
+    from pymatgen.core import Composition
+
+    from ml.decoded_genes import reduced_formulas
+    from ml.elements import vocabulary
+
+    rng = np.random.default_rng(5)
+    n = 6000
+    el = rng.integers(0, 94, (n, 3))
+    el[rng.random((n, 3)) < 0.1] = -1
+    repeat = rng.random(n) < 0.1
+    el[repeat, 2] = el[repeat, 0]  # some repeated elements
+    cnt = rng.integers(0, 9, (n, 3)) * rng.choice([1, 2, 3, 6], (n, 3))
+    cnt[el < 0] = 0
+    formulas, index = reduced_formulas(el, cnt)
+    symbols = vocabulary()
+    polyanions = 0
+    for i in range(n):
+        amounts = {}
+        for e, c in zip(el[i], cnt[i]):
+            if e >= 0 and c > 0:
+                amounts[symbols[e]] = amounts.get(symbols[e], 0) + int(c)
+        expected = Composition(amounts).reduced_formula if amounts else ""
+        assert formulas[index[i]] == expected, (amounts, formulas[index[i]], expected)
+        polyanions += ")" in expected
+    assert polyanions > 20  # the polyanion rule was exercised
 
 
 @pytest.mark.parametrize("noise, unit, allowed", [
