@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from ml.allocator import keep_freed_memory
+
 logger = logging.getLogger(__name__)
 
 TaskFn = Callable[[Any], dict]
@@ -199,6 +201,7 @@ def _run_chunk(fn: TaskFn, items: list[tuple[str, Any]], results_dir: str, threa
     write its result file as soon as it finishes (batched: one ``fn`` call for all of them)."""
     if threads:
         _limit_threads(threads)
+    keep_freed_memory()  # freed buffers reused, not faulted in again (ml.allocator)
     out_dir = Path(results_dir)
     results: dict[str, dict] = {}
     todo = []

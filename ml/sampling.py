@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from ml.allocator import keep_freed_memory
 from ml.genes import GeneError, gene_key, wyckoff_json
 from ml.latent_noise import LatentNoise
 from ml.tensors import COUNT, COUNT_SCALE, ELEMENT, LETTERS, DecodedGenes, GeneArrays, decode_arrays, decoded_to_genes
@@ -204,6 +205,7 @@ def sample_genes(module, origin_arrays: GeneArrays, config: SamplingConfig | Non
     decoded rows that are no valid configuration: without atoms or using a letter the space group
     lacks — kept in the table under their own keys, the filters give the reason)."""
     config = config or SamplingConfig()
+    keep_freed_memory()  # decode buffers reused, not faulted in again (ml.allocator)
     if config.implementation not in ("fast", "reference"):
         raise ValueError(f"implementation must be 'fast' or 'reference', got {config.implementation!r}")
     z0, sigma = encode_posterior(module, origin_arrays)

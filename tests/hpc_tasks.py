@@ -46,3 +46,31 @@ def record_batch(items: list[tuple[str, dict]]):
         yield key, record_call({**payload, "raise": False})
         if payload.get("raise"):
             raise RuntimeError(f"batch broke after {payload['name']}")
+
+
+def allocation_churn(payload: dict) -> dict:
+    """100 rounds of: allocate 4 buffers of random sizes (1-16 MiB, seeded) that live together,
+    then free them all -- the pattern of a model step's activations -- and count the process's
+    minor page faults meanwhile. With glibc's defaults the freed top of the heap is trimmed back
+    to the OS (and faulted in again) whenever it exceeds twice the largest block seen."""
+    import resource
+
+    import numpy as np
+
+    sizes = np.random.default_rng(payload.get("seed", 0)).integers(1 << 20, 16 << 20, (100, 4))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for row in sizes:
+        live = [np.ones(int(size), dtype=np.uint8) for size in row]
+        del live
+    return {"verdict": "ok", "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}
+
+
+if __name__ == "__main__":  # the churn in a plain interpreter (the glibc defaults): tests compare against it
+    import json
+    import sys
+
+    if sys.argv[1:] == ["keep"]:
+        from ml.allocator import keep_freed_memory
+
+        assert keep_freed_memory()
+    print(json.dumps(allocation_churn({})))

@@ -233,3 +233,14 @@ def test_submit_one_runs_a_single_long_task_as_a_slurm_job(slurm, tmp_path):
     result = submit_one(record_call, payload, slurm_config(tmp_path))
     assert result["square"] == 49 and result["slurm_job_id"] is not None
     assert submit_one(record_call, payload, ComputeConfig())["slurm_job_id"] is None
+
+
+def test_slurm_jobs_keep_freed_memory(slurm, tmp_path):
+    """The job side applies ml.allocator's settings too: the seeded allocation churn faults in
+    less than a fifth of the pages it does in a plain interpreter (tests/test_allocator.py)."""
+    from hpc_tasks import allocation_churn
+    from test_allocator import _churn_faults
+
+    results = run_tasks(allocation_churn, {"churn": {}}, slurm_config(tmp_path), tmp_path / "res")
+    assert results["churn"]["verdict"] == "ok"
+    assert results["churn"]["minor_faults"] < _churn_faults() / 5
