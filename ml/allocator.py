@@ -7,13 +7,15 @@ defaults, blocks above a (dynamic, at most 32 MiB) threshold are ``mmap``-ed and
 allocation of the same size faults its pages in again, zero-filled by the kernel.
 
 :func:`keep_freed_memory` raises both thresholds (``mallopt``): blocks up to 256 MiB come from the
-heap and up to 1 GiB of free heap is kept for reuse. Peak memory is unchanged (what is kept was
-in use a moment before). Measured on the 2-core development machine (2026-11-30, alternating runs
-of identical work; the same values set through ``GLIBC_TUNABLES``):
+heap and up to 1 GiB of free heap is kept for reuse. Peak memory is unchanged (what is kept was in
+use a moment before). Measured on the 2-core development machine, 2026-11-30:
 
-* batched CHGNet relaxation of 16 trials, one process: 3.79-3.89 -> 3.49-3.56 core-s per
-  relaxation, kernel time 3.5 -> 0.5 s, peak RSS 524 -> 526 MB;
-* sampling campaign-paper at 4 sigma (1.81 M latent points): 91-95k -> 107-113k points/s.
+* batched CHGNet relaxation of 8-16 trials in one process: page faults 430-810k -> ~100k, kernel
+  time 3.5 -> 0.5 s (16 trials), peak RSS 524 -> 526 MB; CPU per relaxation 3.79-3.89 -> 3.49-3.56
+  core-s in two alternating pairs, within the host's run-to-run spread in two others;
+* sampling campaign-paper at 4 sigma (1.81 M latent points): page faults 630k -> 200-260k, 91-95k
+  -> 107-113k points/s in two alternating pairs. Its 32 MiB noise batches need the 256 MiB
+  threshold: at 32 MiB they stay mmap-ed and the faults stay at ~625k.
 
 Both thresholds are needed: setting either alone turns glibc's dynamic threshold off and is
 worse than the defaults (8 relaxations, page faults / core-s per relaxation: defaults 794k /
@@ -30,8 +32,9 @@ import functools
 
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 << 20  # bytes (glibc accepts at most 32 MiB on 64-bit): larger blocks stay mmap-ed
-TRIM_THRESHOLD = 256 << 20  # bytes of free heap kept before any is returned to the OS
+MMAP_THRESHOLD = 256 << 20  # bytes: larger blocks stay mmap-ed (a 32,768-point noise batch is 32 MiB)
+FALLBACK_MMAP_THRESHOLD = 32 << 20  # for a glibc that refuses more than its dynamic maximum
+TRIM_THRESHOLD = 1 << 30  # bytes of free heap kept before any is returned to the OS
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,4 +48,5 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    mmap_set = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 or mallopt(M_MMAP_THRESHOLD, FALLBACK_MMAP_THRESHOLD) == 1
+    return mmap_set and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1

@@ -118,6 +118,19 @@ def test_sampling_pauses_the_cyclic_gc_and_restores_it(tiny_model, monkeypatch):
     assert gc.isenabled()
 
 
+def test_sampling_keeps_freed_memory(tiny_model, monkeypatch):
+    """sample_genes applies ml.allocator's malloc settings (tests/test_allocator.py measures their
+    effect) before it decodes."""
+    import ml.sampling as sampling
+    from ml.tensors import encode_table
+
+    calls = []
+    monkeypatch.setattr(sampling, "keep_freed_memory", lambda: calls.append(1) or True)
+    module, table = tiny_model
+    sample_genes(module, encode_table(table.head(2)), SamplingConfig(20, 1.0, seed=1, batch_size=64))
+    assert calls == [1]
+
+
 def test_element_constrained_decoding_keeps_to_the_allowed_elements(tiny_model):
     from pymatgen.core import Composition
 
