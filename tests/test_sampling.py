@@ -292,11 +292,21 @@ def test_row_hash_dedupe_is_exact_even_when_every_hash_collides(monkeypatch):
     assert np.array_equal(rows[first][inverse], rows) and len(first) == len(np.unique(rows, axis=0))
 
 
+def _pymatgen_reduced_formula(element_row, count_row, symbols) -> str:
+    """The independent expectation: Composition.reduced_formula of one row's (element, atoms)
+    slots (two slots of one element add up), "" without atoms."""
+    from pymatgen.core import Composition
+
+    amounts: dict[str, int] = {}
+    for e, c in zip(element_row, count_row):
+        if e >= 0 and c > 0:
+            amounts[symbols[e]] = amounts.get(symbols[e], 0) + int(c)
+    return Composition(amounts).reduced_formula if amounts else ""
+
+
 def test_reduced_formulas_match_pymatgen():
     """pymatgen's Composition.reduced_formula on the decoded counts (ratios, polyanions, special
     formulas such as O2 and H2O2), and normalize_formula leaves the result unchanged."""
-    from pymatgen.core import Composition
-
     from ml.decoded_genes import reduced_formulas
     from ml.elements import vocabulary
     from ml.genes import normalize_formula
@@ -311,11 +321,7 @@ def test_reduced_formulas_match_pymatgen():
     formulas, index = reduced_formulas(el, cnt)
     symbols = vocabulary()
     for i in range(n):
-        amounts = {}
-        for e, c in zip(el[i], cnt[i]):
-            if e >= 0 and c > 0:
-                amounts[symbols[e]] = amounts.get(symbols[e], 0) + int(c)
-        expected = Composition(amounts).reduced_formula if amounts else ""
+        expected = _pymatgen_reduced_formula(el[i], cnt[i], symbols)
         assert formulas[index[i]] == expected
         if expected:
             assert normalize_formula(expected) == expected
@@ -326,8 +332,6 @@ def test_reduced_formulas_match_pymatgen_over_the_whole_vocabulary():
     """Random compositions of up to three of all 94 elements (noble gases without an
     electronegativity, repeated elements, polyanion pairs with a common factor) against
     Composition.reduced_formula."""
-    from pymatgen.core import Composition
-
     from ml.decoded_genes import reduced_formulas
     from ml.elements import vocabulary
 
@@ -343,12 +347,8 @@ def test_reduced_formulas_match_pymatgen_over_the_whole_vocabulary():
     symbols = vocabulary()
     polyanions = 0
     for i in range(n):
-        amounts = {}
-        for e, c in zip(el[i], cnt[i]):
-            if e >= 0 and c > 0:
-                amounts[symbols[e]] = amounts.get(symbols[e], 0) + int(c)
-        expected = Composition(amounts).reduced_formula if amounts else ""
-        assert formulas[index[i]] == expected, (amounts, formulas[index[i]], expected)
+        expected = _pymatgen_reduced_formula(el[i], cnt[i], symbols)
+        assert formulas[index[i]] == expected, (el[i], cnt[i], formulas[index[i]], expected)
         polyanions += ")" in expected
     assert polyanions > 20  # the polyanion rule was exercised
 
