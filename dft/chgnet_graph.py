@@ -158,3 +158,89 @@ def crystal_graph(atoms, converter):
         graph_id=None, mp_id=None, composition=atoms.get_chemical_formula(),
         atom_graph_cutoff=converter.atom_graph_cutoff, bond_graph_cutoff=converter.bond_graph_cutoff,
     )
+
+
+def batched_graph(graphs, bond_basis_expansion, angle_basis_expansion):
+    """``(batched, positions, strains)``: the ``BatchedGraph`` that CHGNet's
+    ``BatchedGraph.from_graphs(graphs, bond_basis_expansion, angle_basis_expansion,
+    compute_stress=True)`` assembles, built with one set of tensor operations for the whole batch
+    instead of a dozen per graph, and the two tensors to differentiate the energy against:
+    ``positions`` (all atoms' Cartesian coordinates in the strained lattices, ``(n_atoms, 3)``;
+    ``-dE/dpositions`` are the forces) and ``strains`` (one zero ``3 x 3`` leaf per graph,
+    ``(n_graphs, 3, 3)``; ``dE/dstrain / V`` is the stress).
+
+    Every quantity is computed as ``from_graphs`` computes it -- strained lattice ``L (I + e)``,
+    Cartesian coordinates ``frac @ L``, bond vectors ``centre - (neighbour + image @ L)``
+    normalised, the radial bases of the undirected bond lengths, the angular basis of each bond
+    pair, the index tensors offset graph by graph, owners as int32, volumes detached -- with
+    each row's lattice gathered by its graph, so the values agree with ``from_graphs`` to float32
+    rounding (the row products are summed in another order) and the integer tensors exactly
+    (tests/test_chgnet_graph.py). The returned ``atom_positions`` and ``strains`` fields hold
+    the two batch tensors (``CHGNet._compute`` reads them only to compute forces itself, which
+    the batched evaluator does not ask for)."""
+    import torch
+    from chgnet.model.model import BatchedGraph
+
+    dtype = torch.float32  # chgnet.model.model.TORCH_DTYPE
+    k = len(graphs)
+    n_atoms = [int(g.atomic_number.shape[0]) for g in graphs]
+    atom_graphs = [g.atom_graph.reshape(-1, 2) for g in graphs]  # a 1-D empty one: all isolated
+    n_directed = [int(a.shape[0]) for a in atom_graphs]
+    n_undirected = [int(g.undirected2directed.shape[0]) for g in graphs]
+    bond_graphs = [g.bond_graph.reshape(-1, 5) for g in graphs]
+    n_angles = [int(b.shape[0]) for b in bond_graphs]
+
+    def offsets(counts):
+        return torch.tensor([0, *counts[:-1]], dtype=torch.int64).cumsum(0)
+
+    def repeat(values, counts):
+        return torch.repeat_interleave(values, torch.tensor(counts, dtype=torch.int64))
+
+    atom_offset, directed_offset, undirected_offset = offsets(n_atoms), offsets(n_directed), offsets(n_undirected)
+    graph_index = torch.arange(k)
+    atom_owner = repeat(graph_index, n_atoms)
+    edge_owner = repeat(graph_index, n_directed)
+    angle_owner = repeat(graph_index, n_angles)
+
+    strains = torch.zeros((k, 3, 3), dtype=dtype, requires_grad=True)
+    lattices = torch.stack([g.lattice for g in graphs]) @ (torch.eye(3, dtype=dtype) + strains)
+    volumes = (lattices[:, 0] * torch.linalg.cross(lattices[:, 1], lattices[:, 2])).sum(dim=1)
+    frac = torch.cat([g.atom_frac_coord for g in graphs])
+    positions = (frac.unsqueeze(1) @ lattices[atom_owner]).squeeze(1)
+
+    atom_graph = torch.cat(atom_graphs) + atom_offset[edge_owner].unsqueeze(1).to(torch.int32)
+    image = torch.cat([g.neighbor_image.reshape(-1, 3) for g in graphs])
+    neighbor = positions[atom_graph[:, 1]] + (image.unsqueeze(1) @ lattices[edge_owner]).squeeze(1)
+    bond_vectors = positions[atom_graph[:, 0]] - neighbor
+    bond_lengths = torch.norm(bond_vectors, dim=1)
+    bond_vectors = bond_vectors / bond_lengths[:, None]
+    undirected_owner = repeat(graph_index, n_undirected)
+    undirected2directed = (torch.cat([g.undirected2directed.reshape(-1) for g in graphs]).to(torch.int64)
+                           + directed_offset[undirected_owner])
+    undirected_lengths = torch.index_select(bond_lengths, 0, undirected2directed)
+    bond_bases_ag = bond_basis_expansion.rbf_expansion_ag(undirected_lengths)
+    bond_bases_bg = bond_basis_expansion.rbf_expansion_bg(undirected_lengths)
+    directed2undirected = (torch.cat([g.directed2undirected.reshape(-1) for g in graphs])
+                           + undirected_offset[edge_owner].to(torch.int32))
+
+    if sum(n_angles):
+        rows = torch.cat(bond_graphs).to(torch.int64)
+        bond_vecs_i = torch.index_select(bond_vectors, 0, rows[:, 2] + directed_offset[angle_owner])
+        bond_vecs_j = torch.index_select(bond_vectors, 0, rows[:, 4] + directed_offset[angle_owner])
+        angle_bases = angle_basis_expansion(bond_vecs_i, bond_vecs_j)
+        batched_bond_graph = torch.stack([rows[:, 0] + atom_offset[angle_owner],
+                                          rows[:, 1] + undirected_offset[angle_owner],
+                                          rows[:, 3] + undirected_offset[angle_owner]], dim=1)
+        batched_bond_graph = batched_bond_graph.to(bond_graphs[0].dtype)
+    else:  # no angles in the whole batch: from_graphs' empty tensors
+        angle_bases = torch.tensor([])
+        batched_bond_graph = torch.tensor([])
+
+    batched = BatchedGraph(
+        atomic_numbers=torch.cat([g.atomic_number for g in graphs]),
+        bond_bases_ag=bond_bases_ag, bond_bases_bg=bond_bases_bg, angle_bases=angle_bases,
+        batched_atom_graph=atom_graph, batched_bond_graph=batched_bond_graph,
+        atom_owners=atom_owner.to(torch.int32), directed2undirected=directed2undirected,
+        atom_positions=[positions], strains=[strains], volumes=volumes.detach(),
+    )
+    return batched, positions, strains

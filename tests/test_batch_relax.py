@@ -195,3 +195,30 @@ def test_batched_run_tasks_writes_a_file_per_task_and_resumes(trials, single_res
     lines.clear()
     again = run_tasks(relax_batch_task, tasks, config, tmp_path / "res", log=lines.append, batched=True)
     assert again == results and lines[0] == "4/4 tasks already have results; running 0"
+
+
+def test_batched_chgnet_equals_a_freshly_loaded_model():
+    """The evaluator runs a copy of CHGNet without the last angle update (its output is read by
+    nothing): energy, forces and stress equal an untouched CHGNet's predict_structure, and the
+    process's shared model instance keeps all its layers."""
+    from ase import units
+    from chgnet.model import CHGNet
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from dft.relax import load_model
+
+    atoms = [s.to_ase_atoms() for s in near_equilibrium()]
+    for index, a in enumerate(atoms):
+        a.rattle(0.03, seed=index)
+    atoms[1].set_cell(atoms[1].cell * 1.03, scale_atoms=True)
+    evaluator = batch_evaluator("chgnet")
+    fresh = CHGNet.load(verbose=False)
+    for a, got in zip(atoms, evaluator.evaluate(atoms)):
+        want = fresh.predict_structure(AseAtomsAdaptor.get_structure(a))
+        assert got["energy"] / len(a) == pytest.approx(float(want["e"]), abs=1e-5)
+        assert np.allclose(got["forces"], want["f"], atol=1e-4)
+        assert np.allclose(got["stress"] / units.GPa, want["s"], atol=1e-3)  # GPa
+    assert type(evaluator.model.angle_layers[-1]).__name__ == "AnglesUnchanged"
+    shared = load_model("chgnet")
+    assert evaluator.model is not shared
+    assert all(type(layer).__name__ == "AngleUpdate" for layer in shared.angle_layers)

@@ -82,3 +82,36 @@ def test_hand_worked_chain():
     assert graph_indices(2, center, neighbor, image, distance, 1.4)[3].shape == (0, 5)
     with pytest.raises(ValueError, match="reverse"):
         graph_indices(2, center[:3], neighbor[:3], image[:3], distance[:3], 2.0)
+
+
+def test_batched_graph_equals_chgnet_from_graphs(converter):
+    """dft.chgnet_graph.batched_graph assembles the batch CHGNet's BatchedGraph.from_graphs
+    assembles (compute_stress=True) from the same graphs: integer tensors equal, float ones to
+    float32 rounding; positions are the from_graphs atom positions stacked. Batches mix real
+    cells with an angle-free graph (one atom in a 4 A cube: neighbours inside the 6 A atom-graph
+    cutoff, none inside the 3 A bond-graph cutoff) and an isolated atom (20 A cube: no edges at
+    all), and one holds only the angle-free graph (no angles anywhere: from_graphs' empty
+    tensors)."""
+    from chgnet.model.model import BatchedGraph
+
+    from dft.chgnet_graph import batched_graph
+
+    model = load_model("chgnet")
+    graphs = [crystal_graph(s.to_ase_atoms(), converter) for s in structures()]
+    no_angles = crystal_graph(Structure(Lattice.cubic(4.0), ["Cu"], [[0, 0, 0]]).to_ase_atoms(), converter)
+    isolated = crystal_graph(Structure(Lattice.cubic(20.0), ["He"], [[0, 0, 0]]).to_ase_atoms(), converter)
+    assert no_angles.atom_graph.numel() > 0 and no_angles.bond_graph.numel() == 0
+    assert isolated.atom_graph.numel() == 0
+    batches = (graphs, graphs[::-1], graphs[3:4], [graphs[0], no_angles, graphs[1], isolated, graphs[2]], [no_angles])
+    for batch in batches:
+        want = BatchedGraph.from_graphs(batch, model.bond_basis_expansion, model.angle_basis_expansion,
+                                        compute_stress=True)
+        got, positions, strains = batched_graph(batch, model.bond_basis_expansion, model.angle_basis_expansion)
+        for name in ("atomic_numbers", "batched_atom_graph", "batched_bond_graph", "atom_owners", "directed2undirected"):
+            a, b = getattr(want, name), getattr(got, name)
+            assert a.dtype == b.dtype and torch.equal(a, b), name
+        for name in ("bond_bases_ag", "bond_bases_bg", "angle_bases", "volumes"):
+            a, b = getattr(want, name), getattr(got, name)
+            assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+        assert torch.allclose(torch.cat(want.atom_positions), positions, atol=1e-5)
+        assert strains.shape == (len(batch), 3, 3) and strains.requires_grad and not strains.any()
