@@ -115,3 +115,35 @@ def test_batched_graph_equals_chgnet_from_graphs(converter):
             assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
         assert torch.allclose(torch.cat(want.atom_positions), positions, atol=1e-5)
         assert strains.shape == (len(batch), 3, 3) and strains.requires_grad and not strains.any()
+
+
+def test_a_graph_is_assembled_the_same_alone_and_in_a_batch(converter):
+    """Each graph's slice of a batched_graph -- positions, radial and angular bases -- is bit for
+    bit the graph assembled alone, whatever its batch mates, so a structure relaxed in a batch
+    steps on the numbers it would get alone (bases evaluated over a whole batch's rows round some
+    elements differently: ~1e-7, enough to send BFGS elsewhere)."""
+    from dft.chgnet_graph import batched_graph
+
+    model = load_model("chgnet")
+    cells = []
+    for index, structure in enumerate(structures()):
+        cells.append(structure.to_ase_atoms())
+        rattled = structure.to_ase_atoms()
+        rattled.rattle(0.05, seed=index)  # bond lengths off the special values of a symmetric cell
+        cells.append(rattled)
+    graphs = [crystal_graph(atoms, converter) for atoms in cells]
+    expansions = (model.bond_basis_expansion, model.angle_basis_expansion)
+    alone = [batched_graph([g], *expansions) for g in graphs]
+    for batch_order in (list(range(len(graphs))), list(range(len(graphs)))[::-1]):
+        got, positions, _ = batched_graph([graphs[i] for i in batch_order], *expansions)
+        counts = {"atoms": [], "bonds": [], "angles": []}
+        for i in batch_order:
+            one = alone[i][0]
+            counts["atoms"].append(len(one.atomic_numbers))
+            counts["bonds"].append(len(one.bond_bases_ag))
+            counts["angles"].append(len(one.angle_bases))
+        for name, key, whole in (("positions", "atoms", positions), ("bond_bases_ag", "bonds", got.bond_bases_ag),
+                                 ("bond_bases_bg", "bonds", got.bond_bases_bg), ("angle_bases", "angles", got.angle_bases)):
+            for i, part in zip(batch_order, whole.split(counts[key])):
+                want = alone[i][1] if name == "positions" else getattr(alone[i][0], name)
+                assert torch.equal(part, want.reshape(part.shape)), (name, i)
