@@ -207,13 +207,20 @@ class CHGNetBatch(BatchEvaluator):
     ``ase.units.GPa`` (the calculator's default ``stress_weight``) as the same 3x3 matrix the
     calculator returns (``Atoms.get_stress`` turns either into ASE's Voigt form).
 
-    The batch goes through CHGNet's own pieces (``BatchedGraph.from_graphs``, ``CHGNet._compute``
-    for the energy, the composition model) but forces and stress come from ONE backward pass
-    without ``create_graph``: CHGNet's ``forward`` takes two separate gradients, each building
-    a double-backward graph that only training needs (measured: 2.6x the model time of this path
-    on 24 trials of <= 20 atoms). Values agree with ``CHGNetCalculator`` to float32 rounding
-    (~1e-4 eV/Angstrom); tests/test_batch_relax.py compares them at the same configurations, so
-    a CHGNet release that changes these internals fails there, not silently."""
+    The batch goes through CHGNet's own pieces (``CHGNet._compute`` for the energy, the
+    composition model) on the batch :func:`dft.chgnet_graph.batched_graph` assembles -- what
+    ``BatchedGraph.from_graphs`` assembles, with one strain tensor and one positions tensor for
+    the whole batch instead of a dozen small operations and two gradient leaves per graph -- and
+    on a copy of the model without its last, unused angle update
+    (:func:`without_unused_angle_update`). Forces and stress come from ONE backward pass without
+    ``create_graph``: CHGNet's ``forward`` takes two separate gradients, each building a
+    double-backward graph that only training needs (measured: 2.6x the model time of this path
+    on 24 trials of <= 20 atoms). The batch assembly and the trimmed model together cut the
+    core-seconds of a batched relaxation by ~10 % (benchmarks/batch_relax_benchmark.py, n 100:
+    2.09-2.15 -> 1.85 core-s, same steps and verdicts). Values agree with ``CHGNetCalculator``
+    and with a freshly loaded CHGNet to float32 rounding (~1e-4 eV/Angstrom);
+    tests/test_batch_relax.py compares them at the same configurations, so a CHGNet release that
+    changes these internals fails there, not silently."""
 
     def __init__(self, model):
         from ase import units
