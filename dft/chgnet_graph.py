@@ -20,6 +20,9 @@ from an ASE ``Atoms`` with array operations:
 
 The tensors equal the converter's element for element (tests/test_chgnet_graph.py compares them
 on real structures), so the model sees the same input either way.
+
+:func:`batched_graph` then assembles many such graphs into the ``BatchedGraph`` one model call
+evaluates, as CHGNet's ``BatchedGraph.from_graphs`` does, with batch-wide tensor operations.
 """
 
 from __future__ import annotations
