@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
@@ -182,8 +183,9 @@ def without_unused_angle_update(model):
     atom and crystal features (~1/3 of the angle updates' forward time, ~2 % of a relaxation
     step). The copy replaces that update with one returning its input, so every output is the
     same; the caller's instance (shared by the process's calculators) is left as it is. A model
-    laid out otherwise is returned as it is. tests/test_batch_relax.py compares the copy's
-    outputs with a freshly loaded model's."""
+    laid out otherwise is returned as it is. One copy per model and process (a per-structure
+    relaxation builds an evaluator per structure; the copy takes ~0.02 s).
+    tests/test_batch_relax.py compares the copy's outputs with a freshly loaded model's."""
     import copy
 
     layers = getattr(model, "angle_layers", None)
@@ -192,9 +194,15 @@ def without_unused_angle_update(model):
         return model
     if isinstance(layers[-1], _angles_unchanged()):
         return model
-    trimmed = copy.deepcopy(model)
-    trimmed.angle_layers[-1] = _angles_unchanged()()
+    trimmed = _TRIMMED.get(model)
+    if trimmed is None:
+        trimmed = copy.deepcopy(model)
+        trimmed.angle_layers[-1] = _angles_unchanged()()
+        _TRIMMED[model] = trimmed
     return trimmed
+
+
+_TRIMMED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its trimmed copy
 
 
 class CHGNetBatch(BatchEvaluator):

@@ -222,3 +222,14 @@ def test_batched_chgnet_equals_a_freshly_loaded_model():
     shared = load_model("chgnet")
     assert evaluator.model is not shared
     assert all(type(layer).__name__ == "AngleUpdate" for layer in shared.angle_layers)
+
+
+def test_the_trimmed_model_is_copied_once_per_model():
+    """Per-structure relaxations build an evaluator per structure: they share one trimmed copy
+    of the process's model instead of copying it each time."""
+    from dft.batch_relax import CHGNetBatch
+    from dft.relax import load_model
+
+    shared = load_model("chgnet")
+    first, second = CHGNetBatch(shared), CHGNetBatch(shared)
+    assert first.model is second.model and first.model is not shared
