@@ -169,8 +169,8 @@ def batched_graph(graphs, bond_basis_expansion, angle_basis_expansion):
     compute_stress=True)`` assembles, built with one set of tensor operations for the whole batch
     instead of a dozen per graph, and the two tensors to differentiate the energy against:
     ``positions`` (all atoms' Cartesian coordinates in the strained lattices, ``(n_atoms, 3)``;
-    ``-dE/dpositions`` are the forces) and ``strains`` (one zero ``3 x 3`` leaf per graph,
-    ``(n_graphs, 3, 3)``; ``dE/dstrain / V`` is the stress).
+    ``-dE/dpositions`` are the forces) and ``strains`` (one zero leaf holding a ``3 x 3`` strain
+    per graph, ``(n_graphs, 3, 3)``; ``dE/dstrain / V`` is the stress).
 
     Every quantity is computed as ``from_graphs`` computes it -- strained lattice ``L (I + e)``,
     Cartesian coordinates ``frac @ L``, bond vectors ``centre - (neighbour + image @ L)``
@@ -208,6 +208,7 @@ def batched_graph(graphs, bond_basis_expansion, angle_basis_expansion):
     graph_index = torch.arange(k)
     atom_owner = repeat(graph_index, n_atoms)
     edge_owner = repeat(graph_index, n_directed)
+    undirected_owner = repeat(graph_index, n_undirected)
     angle_owner = repeat(graph_index, n_angles)
 
     strains = torch.zeros((k, 3, 3), dtype=dtype, requires_grad=True)
@@ -222,7 +223,6 @@ def batched_graph(graphs, bond_basis_expansion, angle_basis_expansion):
     bond_vectors = positions[atom_graph[:, 0]] - neighbor
     bond_lengths = torch.norm(bond_vectors, dim=1)
     bond_vectors = bond_vectors / bond_lengths[:, None]
-    undirected_owner = repeat(graph_index, n_undirected)
     undirected2directed = (torch.cat([g.undirected2directed.reshape(-1) for g in graphs]).to(torch.int64)
                            + directed_offset[undirected_owner])
     undirected_lengths = torch.index_select(bond_lengths, 0, undirected2directed).split(n_undirected)
