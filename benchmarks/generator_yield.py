@@ -7,6 +7,7 @@ the published anchors.
     .venv/bin/python benchmarks/generator_yield.py [--home /tmp/wycryst-loo] [--partition campaign-paper]
         [--budget 100] [--rules random,random_by_hits,hits,...] [--selection-seed 0] [--relaxer chgnet]
         [--prepare] [--force] [--max-steps 300] [--phonon-max-e-above-hull 0.1] [--filtered-config JSON]
+        [--sampled-config JSON]
 
 Relaxations are stored per structure file + settings (relaxed_structures' task key hashes the
 trial CIF, which PyXtal rebuilds identically from the per-gene seed), and phonons per relaxed
@@ -77,6 +78,10 @@ def main() -> None:
                          "'{\"max_predicted_formation_energy\": 10, \"min_synthesizability\": 0}' (reliability "
                          "filters only: the random sample then skips the feasibility filters); saved results are "
                          "labelled with it, and filtered_genes is re-materialized with its defaults at the end")
+    ap.add_argument("--sampled-config", default="",
+                    help="JSON config to re-materialize sampled_genes with first (then filtered_genes), e.g. "
+                         "'{\"noise_scale\": 6, \"samples_per_origin\": 1000}': the generator itself changes; "
+                         "saved results are labelled with it, and the home keeps these samples (use a copy)")
     args = ap.parse_args()
     rules = [r for r in args.rules.split(",") if r]
     unknown = [r for r in rules if r not in SELECTIONS]
@@ -133,12 +138,16 @@ def main() -> None:
                 materialize(instance, "sampled_genes", {"samples_per_origin": args.samples_per_origin,
                                                         "max_latent_points": 1_000_000})
                 materialize(instance, "filtered_genes")
-        label = ""
-        if args.filtered_config:
-            import hashlib
+        import hashlib
 
-            materialize(instance, "filtered_genes", json.loads(args.filtered_config))
-            label = "-f" + hashlib.sha1(args.filtered_config.encode()).hexdigest()[:8]
+        label = ""
+        if args.sampled_config:
+            materialize(instance, "sampled_genes", json.loads(args.sampled_config))
+            label += "-g" + hashlib.sha1(args.sampled_config.encode()).hexdigest()[:8]
+        if args.filtered_config or args.sampled_config:
+            materialize(instance, "filtered_genes", json.loads(args.filtered_config or "{}"))
+        if args.filtered_config:
+            label += "-f" + hashlib.sha1(args.filtered_config.encode()).hexdigest()[:8]
         for rule in rules:
             saved = out_dir / f"{rule}-b{args.budget}-s{args.selection_seed}-{args.relaxer}{label}.json"
             if saved.exists() and not args.force:
@@ -172,7 +181,9 @@ def main() -> None:
         return next((r for r in results[rule]["metrics"] if r["metric"] == name), {})
 
     print(f"\n## Yield per ranking rule ({key}, budget {args.budget} genes, relaxer {args.relaxer}, "
-          f"selection seed {args.selection_seed})\n")
+          f"selection seed {args.selection_seed}"
+          + (f"; sampled_genes config {args.sampled_config}" if args.sampled_config else "")
+          + (f"; filtered_genes config {args.filtered_config}" if args.filtered_config else "") + ")\n")
     yield_rows = []
     for rule in rules:
         sel = m(rule, "sun_in_relaxed_sample_e0.08")
