@@ -91,6 +91,11 @@ def main() -> None:
     os.environ["WYCRYST_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(home / "dagster_home")
     os.environ.pop("MP_API_KEY", None)
+    from wycryst_assets.cpu import RUN_THREADS_ENV, usable_cores
+
+    # the stages run one at a time here, as in `wycryst run`: each gets every core (without this the
+    # instance's run queue of 2 gives each run half the cores, and relaxations and phonons run on one)
+    os.environ.setdefault(RUN_THREADS_ENV, str(usable_cores()))
     from wycryst_assets.cli import init_dagster_home
 
     init_dagster_home()
