@@ -14,9 +14,10 @@ trial CIF, which PyXtal rebuilds identically from the per-gene seed), and phonon
 file, so a gene two rules both select is relaxed once; the table reports how many relaxations each
 rule ran and how many it reused. Resumable: a killed run keeps every finished relaxation and
 phonon result, and each rule's metrics are saved under --home/benchmarks/generator_yield/ (rerun
-skips finished rules unless --force). --prepare first runs the campaign's upstream chain
-(snapshot, genes, synthesizability, PVAE, sampling, filters) where it is missing, with
-campaign_funnel.py's settings.
+skips finished rules unless --force; the saved file's name carries the rule, budget, seed, relaxer
+and the --sampled-config / --filtered-config, not the PVAE: after retraining it, pass --force).
+--prepare first runs the campaign's upstream chain (snapshot, genes, synthesizability, PVAE,
+sampling, filters) where it is missing, with campaign_funnel.py's settings.
 """
 
 from __future__ import annotations
