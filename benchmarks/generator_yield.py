@@ -140,7 +140,7 @@ def main() -> None:
             with duckdb.connect(str(settings.warehouse_path()), read_only=True) as conn:
                 have = table_exists(conn, "filtered_genes") and conn.execute(
                     "SELECT count(*) FROM filtered_genes WHERE target = ?", [key]).fetchone()[0]
-            if not have:
+            if not have and not args.sampled_config:  # --sampled-config samples and filters just below
                 materialize(instance, "sampled_genes", {"samples_per_origin": args.samples_per_origin,
                                                         "max_latent_points": 1_000_000})
                 materialize(instance, "filtered_genes")
