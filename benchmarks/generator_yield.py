@@ -7,7 +7,7 @@ the published anchors.
     .venv/bin/python benchmarks/generator_yield.py [--home /tmp/wycryst-loo] [--partition campaign-paper]
         [--budget 100] [--rules random,random_by_hits,hits,...] [--selection-seed 0] [--relaxer chgnet]
         [--prepare] [--force] [--max-steps 300] [--phonon-max-e-above-hull 0.1] [--filtered-config JSON]
-        [--sampled-config JSON]
+        [--sampled-config JSON] [--heldout-campaign SEED]
 
 Relaxations are stored per structure file + settings (relaxed_structures' task key hashes the
 trial CIF, which PyXtal rebuilds identically from the per-gene seed), and phonons per relaxed
@@ -18,6 +18,10 @@ skips finished rules unless --force; the saved file's name carries the rule, bud
 and the --sampled-config / --filtered-config, not the PVAE: after retraining it, pass --force).
 --prepare first runs the campaign's upstream chain (snapshot, genes, synthesizability, PVAE,
 sampling, filters) where it is missing, with campaign_funnel.py's settings.
+--heldout-campaign SEED scores a campaign nobody tuned for instead of --partition: 24 elements drawn
+with that seed outside campaign-paper's (ml.targets.heldout_campaign), campaign-paper's selection
+rules; the registry (the shared one plus this entry) is written to --home/targets-heldout-SEED.json
+and used through WYCRYST_TARGETS.
 """
 
 from __future__ import annotations
@@ -58,6 +62,27 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(out + ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in rows])
 
 
+def _use_heldout_campaign(home: Path, seed: int) -> str:
+    """Write the shared registry plus campaign-heldout-SEED to home, point WYCRYST_TARGETS at it,
+    and return the partition key."""
+    import duckdb
+
+    from ml.targets import heldout_campaign
+    from wycryst_assets import settings
+
+    shared = json.loads(settings.targets_file().read_text())
+    paper = next(t for t in shared["targets"] if t["partition"] == "campaign-paper")
+    with duckdb.connect(str(settings.warehouse_path()), read_only=True) as conn:
+        genes = [r[0] for r in conn.execute("SELECT slot_elements FROM wyckoff_genes WHERE n_elements = 3").fetchall()]
+    entry = heldout_campaign(genes, paper["elements"], seed=seed, selection=paper.get("selection"))
+    registry = home / f"targets-heldout-{seed}.json"
+    registry.write_text(json.dumps({**shared, "targets": [*shared["targets"], entry]}, indent=1))
+    os.environ["WYCRYST_TARGETS"] = str(registry)
+    print(f"{entry['partition']}: {', '.join(entry['elements'])} ({entry['_about']}); registry {registry}",
+          flush=True)
+    return entry["partition"]
+
+
 def main() -> None:
     from ml.selection import COMPARED_SELECTIONS, SELECTIONS
 
@@ -79,6 +104,9 @@ def main() -> None:
                          "'{\"max_predicted_formation_energy\": 10, \"min_synthesizability\": 0}' (reliability "
                          "filters only: the random sample then skips the feasibility filters); saved results are "
                          "labelled with it, and filtered_genes is re-materialized with its defaults at the end")
+    ap.add_argument("--heldout-campaign", type=int, default=None, metavar="SEED",
+                    help="score campaign-heldout-SEED (24 elements drawn outside campaign-paper's) instead of "
+                         "--partition; needs the home's wyckoff_genes (with --prepare it is built first)")
     ap.add_argument("--sampled-config", default="",
                     help="JSON config to re-materialize sampled_genes with first (then filtered_genes), e.g. "
                          "'{\"noise_scale\": 6, \"samples_per_origin\": 1000}': the generator itself changes; "
@@ -130,11 +158,17 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     with dg.DagsterInstance.get() as instance:
+        if args.prepare and not (home / "warehouse.duckdb").exists():
+            for name in ("mp_snapshot", "wyckoff_genes", "synthesizability_model"):
+                assert dg.materialize([graph[name]], instance=instance, resources=resources).success
+        if args.heldout_campaign is not None:
+            key = _use_heldout_campaign(home, args.heldout_campaign)
+            out_dir = home / "benchmarks" / "generator_yield" / key
+            out_dir.mkdir(parents=True, exist_ok=True)
+            relax_results = settings.artifacts_dir() / "relaxed_structures" / key / "results"
+            phonon_results = settings.artifacts_dir() / "phonon_verdicts" / key / "results"
         sync_target_partitions(instance)
         if args.prepare:
-            if not (home / "warehouse.duckdb").exists():
-                for name in ("mp_snapshot", "wyckoff_genes", "synthesizability_model"):
-                    assert dg.materialize([graph[name]], instance=instance, resources=resources).success
             if not (model_dir(key) / "model.json").exists():
                 materialize(instance, "pvae_model", {"max_epochs": args.max_epochs})
             with duckdb.connect(str(settings.warehouse_path()), read_only=True) as conn:

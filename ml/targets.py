@@ -177,3 +177,29 @@ def loo_excluded_ids(genes, target: Target) -> list[str]:
         & pl.col("gene_key").is_in(sorted(keys))
     )
     return sorted(hit["material_id"].to_list())
+
+
+def heldout_campaign(gene_elements, exclude, *, seed: int, n_elements: int = 24,
+                     selection: dict | None = None) -> dict:
+    """A registry entry for a generation campaign nobody tuned for: ``n_elements`` elements drawn
+    (``random.Random(seed).sample`` over the sorted pool) from the elements of ``gene_elements``
+    (an iterable of element lists, e.g. the training ternaries' ``slot_elements``) that are not in
+    ``exclude`` (the campaign the settings were found on), not noble gases and not radioactive
+    (pymatgen's ``Element.is_noble_gas`` / ``is_radioactive``). Partition ``campaign-heldout-<seed>``;
+    ``selection`` (e.g. the other campaign's) is copied. Raises ValueError when the pool is smaller
+    than ``n_elements``."""
+    import random
+
+    from pymatgen.core import Element
+
+    seen = {str(e) for els in gene_elements for e in els}
+    pool = sorted(e for e in seen - set(exclude)
+                  if Element.is_valid_symbol(e) and not Element(e).is_noble_gas and not Element(e).is_radioactive)
+    if len(pool) < n_elements:
+        raise ValueError(f"only {len(pool)} elements left to draw from, {n_elements} asked")
+    elements = sorted(random.Random(seed).sample(pool, n_elements))
+    return {"partition": f"campaign-heldout-{seed}", "task": "campaign", "elements": elements,
+            "selection": dict(selection or {}),
+            "_about": f"held-out campaign: {n_elements} elements drawn with seed {seed} from the {len(pool)} "
+                      f"non-noble-gas, non-radioactive elements of the training genes outside "
+                      f"{len(set(exclude))} excluded ones"}

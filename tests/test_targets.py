@@ -83,3 +83,24 @@ def test_sensor_requests_missing_partitions(wycryst_env):
         assert isinstance(result, dg.SensorResult)
         (request,) = result.dynamic_partitions_requests
         assert request.partitions_def_name == "targets" and "SrTiO3-221" in request.partition_keys
+
+
+def test_heldout_campaign_draws_outside_the_tuned_campaign():
+    from ml.targets import heldout_campaign
+
+    # pool by hand: {Na, Cl, K, Br, Mg, O, Ca, S} minus the excluded {Na, Cl}, minus Ar (noble gas)
+    # and U, Tc (radioactive) -> [Br, Ca, K, Mg, O, S]
+    genes = [["Na", "Cl", "O"], ["K", "Br", "O"], ["Mg", "Ar", "U"], ["Ca", "S", "Tc"], ["Na", "K", "Cl"]]
+    entry = heldout_campaign(genes, ["Na", "Cl"], seed=3, n_elements=4, selection={"max_total_dof": 5})
+    pool = ["Br", "Ca", "K", "Mg", "O", "S"]
+    import random
+
+    assert entry["elements"] == sorted(random.Random(3).sample(pool, 4))
+    assert set(entry["elements"]) <= set(pool) and len(entry["elements"]) == 4
+    assert entry["partition"] == "campaign-heldout-3" and entry["selection"] == {"max_total_dof": 5}
+    assert heldout_campaign(genes, ["Na", "Cl"], seed=3, n_elements=4)["elements"] == entry["elements"]
+    target = parse_target(entry)  # a registry entry the platform accepts as it stands
+    assert target.task == "campaign" and set(target.elements) == set(entry["elements"])
+    assert heldout_campaign(genes, ["Na", "Cl"], seed=4, n_elements=6)["elements"] == pool  # the whole pool
+    with pytest.raises(ValueError, match="only 6 elements"):
+        heldout_campaign(genes, ["Na", "Cl"], seed=0, n_elements=7)
