@@ -3,7 +3,7 @@ and wall time per stage, through a real Dagster instance (reuses the snapshot/ge
 --home when present, e.g. after loo_rediscovery.py).
 
     .venv/bin/python benchmarks/campaign_funnel.py [--home /tmp/wycryst-loo] [--max-genes 20]
-        [--samples-per-origin 5000] [--max-epochs 30] [--reuse-model] [--refine-max-structures 3]
+        [--samples-per-origin 5000] [--max-epochs N (default: by task)] [--reuse-model] [--refine-max-structures 3]
         [--from-stage filtered_genes]
 """
 
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--max-genes", type=int, default=20)
     ap.add_argument("--samples-per-origin", type=int, default=5000)
     ap.add_argument("--max-latent-points", type=int, default=1_000_000)
-    ap.add_argument("--max-epochs", type=int, default=30)
+    ap.add_argument("--max-epochs", type=int, default=None, help="PVAE epochs (default: by task, ml.pvae_config)")
     ap.add_argument("--reuse-model", action="store_true")
     ap.add_argument("--max-e-above-hull", type=float, default=0.1)
     ap.add_argument("--phonon-max-structures", type=int, default=60)

@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=300)
     ap.add_argument("--phonon-max-e-above-hull", type=float, default=0.1)
     ap.add_argument("--prepare", action="store_true", help="run the upstream chain where it is missing")
-    ap.add_argument("--max-epochs", type=int, default=30, help="--prepare: PVAE epochs")
+    ap.add_argument("--max-epochs", type=int, default=None, help="--prepare: PVAE epochs (default: by task, ml.pvae_config)")
     ap.add_argument("--samples-per-origin", type=int, default=5000, help="--prepare: latent samples per origin")
     ap.add_argument("--force", action="store_true", help="recompute rules that have saved metrics")
     ap.add_argument("--filtered-config", default="",

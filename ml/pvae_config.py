@@ -14,6 +14,36 @@ MIN_ELEMENT_ACCURACY = 0.95
 MIN_SPACE_GROUP_ACCURACY = 0.80
 
 
+# Training length by task. A leave-one-out target must survive encode -> decode (the paper's test
+# rediscovers a held-out gene), so its PVAE trains to the paper's reconstruction: PVAEConfig.max_epochs.
+# A generation campaign needs new genes: a decoder trained that far reproduces its origins.
+# Measured with benchmarks/generator_yield.py (the anchors' draw of 100 random raw samples, 4 sigma,
+# 1000 samples per origin, decider SevenNet-0 after CHGNet; benchmarks/results/generator_yield_campaign.md)
+# on campaign-paper and on two held-out campaigns of 24 elements drawn outside its list
+# (ml.targets.heldout_campaign, seeds 0 and 1). WyFormer-style S.U.N. (E_hull <= 0.08):
+#   30 epochs: 3.4 / 3.2 / 2.5 %  (sample novelty 22.9 / 19.0 / 17.9 %; S.U.N. 15 / 17 / 14 of 100)
+#    3 epochs: 25.1 (two draws) / 19.4 / 16.9 %  (novelty 81.1 / 80.9 / 77.0 %; 62 of 200 / 24 / 22)
+# 3 epochs was found on campaign-paper (5, 30, 10, 3 tried there); the held-out campaigns, which
+# nobody tuned for, confirm it. Cost: Wyckoff-valid samples 84-86 % instead of 93 %, space group
+# kept 97 % instead of 100 % of relaxed genes (held-out campaigns).
+LOO_MAX_EPOCHS = 30
+CAMPAIGN_MAX_EPOCHS = 3
+
+
+def default_max_epochs(task: str) -> int:
+    """PVAE training length for a registry task: CAMPAIGN_MAX_EPOCHS for ``campaign``, else
+    LOO_MAX_EPOCHS (``ground_state``, ``polymorph``)."""
+    return CAMPAIGN_MAX_EPOCHS if task == "campaign" else LOO_MAX_EPOCHS
+
+
+def reconstruction_blocks(task: str) -> bool:
+    """Whether a failed reconstruction check stops the partition: yes for leave-one-out targets
+    (the held-out gene must be carried through the latent space), no for campaigns, whose short
+    training reconstructs below the gate by design and whose generator is judged downstream
+    (generator_metrics)."""
+    return task != "campaign"
+
+
 def reconstruction_passed(metrics: dict) -> bool:
     """The quality gate: validation element accuracy >= MIN_ELEMENT_ACCURACY and space-group
     accuracy >= MIN_SPACE_GROUP_ACCURACY."""
@@ -50,7 +80,7 @@ class PVAEConfig:
     lr: float = 2e-3  # peak of the one-cycle schedule (paper grid 1e-5..4e-4 for 64-256 epochs)
     weight_decay: float = 1e-5
     batch_size: int = 256  # paper grid [64, 128, 256, 512]; reference 256
-    max_epochs: int = 30  # paper grid [64, 72, 128, 256]; reference 48
+    max_epochs: int = LOO_MAX_EPOCHS  # paper grid [64, 72, 128, 256]; reference 48; campaigns: default_max_epochs
     kl_weight: float = 1e-3  # on the KL summed over latent dimensions
     recon_weight: float = 1.0  # on the MSE summed over the continuous columns of the 3 slots
     element_weight: float = 1.0  # on the element cross-entropy summed over slots

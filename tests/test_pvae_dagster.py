@@ -61,6 +61,40 @@ def test_tiny_training_through_dagster(wycryst_env, training_snapshot, monkeypat
     assert check.check_name == "reconstruction_quality"
     assert check.passed == (meta["element_accuracy"].value >= 0.95 and meta["space_group_accuracy"].value >= 0.80)
     assert result.success == check.passed  # the check is blocking: a failed check fails the partition
+    assert check.severity == dg.AssetCheckSeverity.ERROR and check.metadata["epochs"].value == 2
+
+
+def test_campaign_trains_short_and_its_reconstruction_check_warns(wycryst_env, training_snapshot, monkeypatch):
+    """A campaign partition without max_epochs trains CAMPAIGN_MAX_EPOCHS (a leave-one-out one
+    LOO_MAX_EPOCHS), and a reconstruction below the gate warns instead of stopping the partition;
+    the same failure on a leave-one-out partition stops it (test above)."""
+    from ml.pvae_config import CAMPAIGN_MAX_EPOCHS, LOO_MAX_EPOCHS, default_max_epochs
+    from wycryst_assets.assets.genes import wyckoff_genes
+    from wycryst_assets.assets.pvae import TrainingDevice, pvae_model
+    from wycryst_assets.assets.snapshot import mp_snapshot
+    from wycryst_assets.partitions import sync_target_partitions
+    from wycryst_assets.resources import warehouse_resource
+
+    assert (default_max_epochs("campaign"), default_max_epochs("polymorph"),
+            default_max_epochs("ground_state")) == (CAMPAIGN_MAX_EPOCHS, LOO_MAX_EPOCHS, LOO_MAX_EPOCHS)
+    assert CAMPAIGN_MAX_EPOCHS < LOO_MAX_EPOCHS
+    monkeypatch.setenv("WYCRYST_SNAPSHOT", str(training_snapshot))
+    resources = {"warehouse": warehouse_resource(), "training_device": TrainingDevice(accelerator="cpu", devices="1")}
+    with dg.DagsterInstance.get() as instance:
+        sync_target_partitions(instance)
+        assert dg.materialize([mp_snapshot, wyckoff_genes], instance=instance, resources=resources,
+                              run_config={"ops": {"wyckoff_genes": {"config": {"processes": 1}}}}).success
+        result = dg.materialize(
+            [pvae_model], instance=instance, resources=resources, partition_key="campaign-paper",
+            run_config={"ops": {"pvae_model": {"config": {"latent_dim": 16, "batch_size": 64}}}},
+            raise_on_error=False,
+        )
+    meta = result.asset_materializations_for_node("pvae_model")[0].metadata
+    assert meta["epochs"].value == CAMPAIGN_MAX_EPOCHS and meta["excluded_material_ids"].value == []
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed  # a 3-epoch model on ~400 genes is far below the gate
+    assert check.severity == dg.AssetCheckSeverity.WARN and check.metadata["task"].value == "campaign"
+    assert result.success  # warned, not stopped
 
 
 def test_unknown_partition_fails_clearly(wycryst_env):
