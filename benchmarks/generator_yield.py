@@ -143,10 +143,6 @@ def main() -> None:
     key = args.partition
     graph = {a.key.to_user_string(): a for a in defs.assets}
     resources = dict(defs.resources)
-    out_dir = home / "benchmarks" / "generator_yield" / key
-    out_dir.mkdir(parents=True, exist_ok=True)
-    relax_results = settings.artifacts_dir() / "relaxed_structures" / key / "results"
-    phonon_results = settings.artifacts_dir() / "phonon_verdicts" / key / "results"
 
     def materialize(instance, name: str, cfg: dict | None = None):
         res = dg.materialize([graph[name]], instance=instance, resources=resources, partition_key=key,
@@ -163,10 +159,10 @@ def main() -> None:
                 assert dg.materialize([graph[name]], instance=instance, resources=resources).success
         if args.heldout_campaign is not None:
             key = _use_heldout_campaign(home, args.heldout_campaign)
-            out_dir = home / "benchmarks" / "generator_yield" / key
-            out_dir.mkdir(parents=True, exist_ok=True)
-            relax_results = settings.artifacts_dir() / "relaxed_structures" / key / "results"
-            phonon_results = settings.artifacts_dir() / "phonon_verdicts" / key / "results"
+        out_dir = home / "benchmarks" / "generator_yield" / key
+        out_dir.mkdir(parents=True, exist_ok=True)
+        relax_results = settings.artifacts_dir() / "relaxed_structures" / key / "results"
+        phonon_results = settings.artifacts_dir() / "phonon_verdicts" / key / "results"
         sync_target_partitions(instance)
         if args.prepare:
             if not (model_dir(key) / "model.json").exists():

@@ -37,14 +37,6 @@ def default_max_epochs(task: str) -> int:
     return CAMPAIGN_MAX_EPOCHS if task == "campaign" else LOO_MAX_EPOCHS
 
 
-def reconstruction_blocks(task: str) -> bool:
-    """Whether a failed reconstruction check stops the partition: yes for leave-one-out targets
-    (the held-out gene must be carried through the latent space), no for campaigns, whose short
-    training reconstructs below the gate by design and whose generator is judged downstream
-    (generator_metrics)."""
-    return task != "campaign"
-
-
 def reconstruction_passed(metrics: dict) -> bool:
     """The quality gate: validation element accuracy >= MIN_ELEMENT_ACCURACY and space-group
     accuracy >= MIN_SPACE_GROUP_ACCURACY."""
