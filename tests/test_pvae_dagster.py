@@ -67,12 +67,15 @@ def test_tiny_training_through_dagster(wycryst_env, training_snapshot, monkeypat
 def test_campaign_trains_short_and_its_reconstruction_check_warns(wycryst_env, training_snapshot, monkeypatch):
     """A campaign partition without max_epochs trains CAMPAIGN_MAX_EPOCHS (a leave-one-out one
     LOO_MAX_EPOCHS), and a reconstruction below the gate warns instead of stopping the partition;
-    the same failure on a leave-one-out partition stops it (test above)."""
+    the same failure on a leave-one-out partition stops it (test above). Its latent sampling starts
+    from the campaign's ternaries on the snapshot's hull only."""
+    import duckdb
     from ml.pvae_config import CAMPAIGN_MAX_EPOCHS, LOO_MAX_EPOCHS, default_max_epochs
     from wycryst_assets.assets.genes import wyckoff_genes
     from wycryst_assets.assets.pvae import TrainingDevice, pvae_model
+    from wycryst_assets.assets.sampling import sampled_genes
     from wycryst_assets.assets.snapshot import mp_snapshot
-    from wycryst_assets.partitions import sync_target_partitions
+    from wycryst_assets.partitions import current_registry, sync_target_partitions
     from wycryst_assets.resources import warehouse_resource
 
     assert (default_max_epochs("campaign"), default_max_epochs("polymorph"),
@@ -89,12 +92,30 @@ def test_campaign_trains_short_and_its_reconstruction_check_warns(wycryst_env, t
             run_config={"ops": {"pvae_model": {"config": {"latent_dim": 16, "batch_size": 64}}}},
             raise_on_error=False,
         )
+        # the campaign samples around the snapshot's ground states only (ml.origins)
+        sampled = dg.materialize([sampled_genes], instance=instance, resources=resources, partition_key="campaign-paper",
+                                 run_config={"ops": {"sampled_genes": {"config": {"samples_per_origin": 20}}}})
     meta = result.asset_materializations_for_node("pvae_model")[0].metadata
     assert meta["epochs"].value == CAMPAIGN_MAX_EPOCHS and meta["excluded_material_ids"].value == []
     (check,) = result.get_asset_check_evaluations()
     assert not check.passed  # a 3-epoch model on ~400 genes is far below the gate
     assert check.severity == dg.AssetCheckSeverity.WARN and check.metadata["task"].value == "campaign"
     assert result.success  # warned, not stopped
+
+    # independent count: ternary genes made only of the campaign's elements, and those on the hull
+    allowed = set(current_registry().get("campaign-paper").elements)
+    con = duckdb.connect(str(wycryst_env["home"] / "warehouse.duckdb"), read_only=True)
+    rows = con.execute("SELECT slot_elements, energy_above_hull FROM wyckoff_genes WHERE n_elements = 3").fetchall()
+    hits = con.execute("SELECT sum(hits) FROM sampled_genes WHERE target = 'campaign-paper'").fetchone()[0]
+    con.close()
+    in_campaign = [e_hull for elements, e_hull in rows if set(elements) <= allowed]
+    on_hull = sum(e_hull == 0 for e_hull in in_campaign)
+    assert 0 < on_hull < len(in_campaign)  # the limit bites on this snapshot
+    origins = sampled.asset_materializations_for_node("sampled_genes")[0].metadata["origins"].value
+    assert origins.startswith(f"{on_hull} ") and f"ground states (E_hull = 0): {on_hull} of {len(in_campaign)}" in origins
+    assert hits == 20 * on_hull  # every latent point came from an on-hull origin
+    manifest = json.loads((wycryst_env["home"] / "artifacts" / "pvae_model" / "campaign-paper" / "model.json").read_text())
+    assert manifest["n_origins"] == on_hull
 
 
 def test_unknown_partition_fails_clearly(wycryst_env):

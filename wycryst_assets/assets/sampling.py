@@ -35,6 +35,10 @@ class SampledGenesConfig(dg.Config):
     element_constraint: Literal["task", "none"] = "task"
     # ground_state origins: "stoichiometry" (same anonymous formula, paper Fig. S1) or "formula"
     origin_scope: Literal["stoichiometry", "formula"] = "stoichiometry"
+    # origins above this E_hull (eV/atom, the snapshot's) are left out; None: by task
+    # (ml.origins.default_max_origin_e_above_hull: campaigns sample around ground states only, 0;
+    # leave-one-out targets keep every origin); a value >= the largest E_hull (e.g. 100) keeps all
+    max_origin_e_above_hull: Optional[float] = None
     seed: int = 0
     batch_size: int = 32768
 
@@ -51,7 +55,7 @@ class SampledGenesConfig(dg.Config):
     "`sampled_genes` (this partition's rows replaced).",
 )
 def sampled_genes(context: dg.AssetExecutionContext, config: SampledGenesConfig, warehouse: DuckDBResource):
-    from ml.origins import allowed_elements, origin_genes, perturbations_per_origin
+    from ml.origins import BY_TASK, allowed_elements, origin_genes, perturbations_per_origin
     from ml.sampling import SamplingConfig, sample_genes
     from ml.tensors import encode_table
     from ml.training import load_pvae
@@ -61,9 +65,10 @@ def sampled_genes(context: dg.AssetExecutionContext, config: SampledGenesConfig,
     with warehouse.get_connection() as conn:
         train = read_table(conn, "SELECT * FROM wyckoff_genes WHERE n_elements = 3 AND NOT list_contains(?, "
                            "material_id)", [manifest["excluded_material_ids"]])
-    origins, how = origin_genes(train, target, config.origin_scope)
+    limit = BY_TASK if config.max_origin_e_above_hull is None else config.max_origin_e_above_hull
+    origins, how = origin_genes(train, target, config.origin_scope, limit)
     if origins.is_empty():
-        raise dg.Failure(f"{key}: no origin genes ({how})")
+        raise dg.Failure(f"{key}: no origin genes ({how}); max_origin_e_above_hull sets the origins' E_hull limit")
     per_origin = perturbations_per_origin(config.samples_per_origin, config.max_latent_points, origins.height)
     allowed = allowed_elements(target, config.element_constraint)
     context.log.info(f"{key}: {origins.height} origins ({how}) x {per_origin} perturbations; "
