@@ -47,8 +47,10 @@ def origin_genes(train: pl.DataFrame, target: Target, scope: str = "stoichiometr
                  max_e_above_hull: float | None | str = BY_TASK) -> tuple[pl.DataFrame, str]:
     """(origin rows of ``train``, how they were chosen). ``train`` is a gene table (with
     ``energy_above_hull`` when a limit applies). ``max_e_above_hull``: origins above it (eV/atom)
-    are dropped; ``"task"`` -- :func:`default_max_origin_e_above_hull`; None -- no limit."""
-    if max_e_above_hull == BY_TASK:
+    are dropped; ``"task"`` -- :func:`default_max_origin_e_above_hull`, except that a task whose
+    origins all lie above it keeps them all (said in the description); None -- no limit."""
+    by_task = max_e_above_hull == BY_TASK
+    if by_task:
         max_e_above_hull = default_max_origin_e_above_hull(target.task)
     rows, how = _task_origins(train, target, scope)
     if max_e_above_hull is None:
@@ -58,6 +60,9 @@ def origin_genes(train: pl.DataFrame, target: Target, scope: str = "stoichiometr
     e = pl.col("energy_above_hull").cast(pl.Float64)
     kept = rows.filter(e.is_not_null() & (e <= float(max_e_above_hull) + _HULL_TOLERANCE))
     limit = "ground states (E_hull = 0)" if max_e_above_hull == 0 else f"E_hull <= {max_e_above_hull:g} eV/atom"
+    if kept.is_empty() and rows.height and by_task:
+        # the task's default must not leave a task without origins: sample around every one instead
+        return rows, f"{how}; none of the {rows.height} within the default limit ({limit}), so all are kept"
     return kept, f"{how}, {limit}: {kept.height} of {rows.height}"
 
 

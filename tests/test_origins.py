@@ -57,3 +57,12 @@ def test_leave_one_out_origins_keep_metastable_prototypes():
     assert "ground states" not in how
     # without an E_hull column a leave-one-out target still gets its origins
     assert origin_genes(_genes().drop("energy_above_hull"), POLYMORPH)[0].height == 3
+
+
+def test_default_limit_never_leaves_a_campaign_without_origins():
+    # every Ba-Zr-O / Ca-Zr-O ternary here is metastable: the default keeps them and says so,
+    # while an explicit limit is obeyed (sampled_genes then fails with its clear message)
+    metastable = Target("zr", "campaign", elements=("Ba", "Ca", "O", "Zr"))
+    origins, how = origin_genes(_genes(), metastable)
+    assert sorted(origins["material_id"].to_list()) == ["m-3", "m-4"] and "all are kept" in how
+    assert origin_genes(_genes(), metastable, max_e_above_hull=0.0)[0].is_empty()
