@@ -95,6 +95,12 @@ def test_campaign_trains_short_and_its_reconstruction_check_warns(wycryst_env, t
         # the campaign samples around the snapshot's ground states only (ml.origins)
         sampled = dg.materialize([sampled_genes], instance=instance, resources=resources, partition_key="campaign-paper",
                                  run_config={"ops": {"sampled_genes": {"config": {"samples_per_origin": 20}}}})
+        # an explicit limit that leaves no origin fails the partition with a clear reason
+        none_left = dg.materialize([sampled_genes], instance=instance, resources=resources,
+                                   partition_key="campaign-paper", raise_on_error=False, run_config={
+                                       "ops": {"sampled_genes": {"config": {"max_origin_e_above_hull": -1.0}}}})
+    assert not none_left.success
+    assert "max_origin_e_above_hull" in str(none_left.failure_data_for_node("sampled_genes").error)
     meta = result.asset_materializations_for_node("pvae_model")[0].metadata
     assert meta["epochs"].value == CAMPAIGN_MAX_EPOCHS and meta["excluded_material_ids"].value == []
     (check,) = result.get_asset_check_evaluations()

@@ -68,7 +68,8 @@ def sampled_genes(context: dg.AssetExecutionContext, config: SampledGenesConfig,
     limit = BY_TASK if config.max_origin_e_above_hull is None else config.max_origin_e_above_hull
     origins, how = origin_genes(train, target, config.origin_scope, limit)
     if origins.is_empty():
-        raise dg.Failure(f"{key}: no origin genes ({how}); max_origin_e_above_hull sets the origins' E_hull limit")
+        hint = "; max_origin_e_above_hull sets the origins' E_hull limit" if "E_hull" in how else ""
+        raise dg.Failure(f"{key}: no origin genes ({how}){hint}")
     per_origin = perturbations_per_origin(config.samples_per_origin, config.max_latent_points, origins.height)
     allowed = allowed_elements(target, config.element_constraint)
     context.log.info(f"{key}: {origins.height} origins ({how}) x {per_origin} perturbations; "
