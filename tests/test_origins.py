@@ -1,9 +1,9 @@
-"""Origins of latent sampling by task, and the origins' E_hull limit (campaigns: ground states)."""
+"""Origins of latent sampling by task, and the optional E_hull limit on them (ground states only)."""
 
 import polars as pl
 import pytest
 
-from ml.origins import CAMPAIGN_MAX_ORIGIN_E_ABOVE_HULL, default_max_origin_e_above_hull, origin_genes
+from ml.origins import GROUND_STATES, default_max_origin_e_above_hull, origin_genes
 from ml.targets import Target
 
 
@@ -30,10 +30,11 @@ CAMPAIGN = Target("camp", "campaign", elements=("Ba", "Ca", "O", "Sr", "Ti", "Zr
 POLYMORPH = Target("SrTiO3-221", "polymorph", formula="SrTiO3", space_group=221)
 
 
-def test_campaign_samples_around_the_snapshots_ground_states_by_default():
-    assert default_max_origin_e_above_hull("campaign") == CAMPAIGN_MAX_ORIGIN_E_ABOVE_HULL == 0.0
-    origins, how = origin_genes(_genes(), CAMPAIGN)
-    # 5 ternaries of campaign elements, of which the two on the hull (CaTiO3, SrTiO3 Pm-3m)
+def test_ground_state_limit_keeps_the_snapshots_ground_states():
+    assert default_max_origin_e_above_hull("campaign") is None  # campaigns keep every origin by default
+    assert origin_genes(_genes(), CAMPAIGN)[0].height == 5  # the 5 ternaries of campaign elements
+    origins, how = origin_genes(_genes(), CAMPAIGN, max_e_above_hull=GROUND_STATES)
+    # of those 5, the two on the hull (CaTiO3, SrTiO3 Pm-3m)
     assert sorted(origins["material_id"].to_list()) == ["m-0", "m-1"]
     assert "ground states" in how and "2 of 5" in how
 
@@ -45,7 +46,7 @@ def test_origin_limit_can_be_set_or_lifted():
     every, _ = origin_genes(genes, CAMPAIGN, max_e_above_hull=None)
     assert every.height == 5
     with pytest.raises(ValueError, match="energy_above_hull"):
-        origin_genes(genes.drop("energy_above_hull"), CAMPAIGN)
+        origin_genes(genes.drop("energy_above_hull"), CAMPAIGN, max_e_above_hull=GROUND_STATES)
 
 
 def test_leave_one_out_origins_keep_metastable_prototypes():
@@ -58,11 +59,3 @@ def test_leave_one_out_origins_keep_metastable_prototypes():
     # without an E_hull column a leave-one-out target still gets its origins
     assert origin_genes(_genes().drop("energy_above_hull"), POLYMORPH)[0].height == 3
 
-
-def test_default_limit_never_leaves_a_campaign_without_origins():
-    # every Ba-Zr-O / Ca-Zr-O ternary here is metastable: the default keeps them and says so,
-    # while an explicit limit is obeyed (sampled_genes then fails with its clear message)
-    metastable = Target("zr", "campaign", elements=("Ba", "Ca", "O", "Zr"))
-    origins, how = origin_genes(_genes(), metastable)
-    assert sorted(origins["material_id"].to_list()) == ["m-3", "m-4"] and "all are kept" in how
-    assert origin_genes(_genes(), metastable, max_e_above_hull=0.0)[0].is_empty()

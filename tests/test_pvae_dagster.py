@@ -68,7 +68,7 @@ def test_campaign_trains_short_and_its_reconstruction_check_warns(wycryst_env, t
     """A campaign partition without max_epochs trains CAMPAIGN_MAX_EPOCHS (a leave-one-out one
     LOO_MAX_EPOCHS), and a reconstruction below the gate warns instead of stopping the partition;
     the same failure on a leave-one-out partition stops it (test above). Its latent sampling starts
-    from the campaign's ternaries on the snapshot's hull only."""
+    from the campaign's ternaries on the snapshot's hull when the ground-state limit is set."""
     import duckdb
     from ml.pvae_config import CAMPAIGN_MAX_EPOCHS, LOO_MAX_EPOCHS, default_max_epochs
     from wycryst_assets.assets.genes import wyckoff_genes
@@ -92,9 +92,10 @@ def test_campaign_trains_short_and_its_reconstruction_check_warns(wycryst_env, t
             run_config={"ops": {"pvae_model": {"config": {"latent_dim": 16, "batch_size": 64}}}},
             raise_on_error=False,
         )
-        # the campaign samples around the snapshot's ground states only (ml.origins)
+        # the campaign keeps every origin by default; the ground-state limit keeps those on the hull
         sampled = dg.materialize([sampled_genes], instance=instance, resources=resources, partition_key="campaign-paper",
-                                 run_config={"ops": {"sampled_genes": {"config": {"samples_per_origin": 20}}}})
+                                 run_config={"ops": {"sampled_genes": {"config": {
+                                     "samples_per_origin": 20, "max_origin_e_above_hull": 0.0}}}})
         # an explicit limit that leaves no origin fails the partition with a clear reason
         none_left = dg.materialize([sampled_genes], instance=instance, resources=resources,
                                    partition_key="campaign-paper", raise_on_error=False, run_config={
@@ -121,7 +122,7 @@ def test_campaign_trains_short_and_its_reconstruction_check_warns(wycryst_env, t
     assert origins.startswith(f"{on_hull} ") and f"ground states (E_hull = 0): {on_hull} of {len(in_campaign)}" in origins
     assert hits == 20 * on_hull  # every latent point came from an on-hull origin
     manifest = json.loads((wycryst_env["home"] / "artifacts" / "pvae_model" / "campaign-paper" / "model.json").read_text())
-    assert manifest["n_origins"] == on_hull
+    assert manifest["n_origins"] == len(in_campaign)  # the model's default origins: every one
 
 
 def test_unknown_partition_fails_clearly(wycryst_env):

@@ -35,9 +35,9 @@ class SampledGenesConfig(dg.Config):
     element_constraint: Literal["task", "none"] = "task"
     # ground_state origins: "stoichiometry" (same anonymous formula, paper Fig. S1) or "formula"
     origin_scope: Literal["stoichiometry", "formula"] = "stoichiometry"
-    # origins above this E_hull (eV/atom, the snapshot's) are left out; None: by task
-    # (ml.origins.default_max_origin_e_above_hull: campaigns sample around ground states only, 0;
-    # leave-one-out targets keep every origin); a value >= the largest E_hull (e.g. 100) keeps all
+    # origins above this E_hull (eV/atom, the snapshot's) are left out; 0 keeps ground states only
+    # (a random draw of passed genes gains S.U.N., the ranked `hits` budget loses some: ml.origins);
+    # None: by task (ml.origins.default_max_origin_e_above_hull: no limit for any task)
     max_origin_e_above_hull: Optional[float] = None
     seed: int = 0
     batch_size: int = 32768
