@@ -45,7 +45,7 @@ def main() -> None:
 
     from dft.generator_report import TABLES, best_relaxed_with_facts
     from dft.rescoring import decided_best
-    from ml.origins import allowed_elements, origin_genes
+    from ml.origins import GROUND_STATES, allowed_elements, origin_genes
     from ml.sampling import SamplingConfig, sample_genes
     from ml.tensors import encode_table
     from ml.training import load_pvae
@@ -63,7 +63,8 @@ def main() -> None:
             train = conn.execute("SELECT * FROM wyckoff_genes WHERE n_elements = 3").pl()
             tables = {t: read_partition(conn, t, key) for t in TABLES}
     train = train.filter(~pl.col("material_id").is_in(manifest["excluded_material_ids"]))
-    origins, how = origin_genes(train, target, max_e_above_hull=None)
+    origins, how = origin_genes(train, target)
+    on_hull = set(origin_genes(train, target, max_e_above_hull=GROUND_STATES)[0]["material_id"].to_list())
     module = load_pvae(manifest["checkpoint"])
     allowed = allowed_elements(target)
     print(f"{key}: {origins.height} origins ({how}) x {args.per_origin}", flush=True)
@@ -72,10 +73,9 @@ def main() -> None:
         row = origins[i]
         table, _ = sample_genes(module, encode_table(row), SamplingConfig(
             args.per_origin, args.noise_scale, i, 32768, "posterior_sigma", allowed_elements=allowed))
-        parts.append(table.select("gene_key", "hits").with_columns(
-            pl.lit(float(row["energy_above_hull"][0])).alias("origin_e_above_hull")))
-    prov = pl.concat(parts).group_by("gene_key").agg(
-        (pl.col("origin_e_above_hull").min() <= 1e-6).alias("from_ground_state"))
+        parts.append(table.select("gene_key").with_columns(
+            pl.lit(row["material_id"][0] in on_hull).alias("origin_on_hull")))
+    prov = pl.concat(parts).group_by("gene_key").agg(pl.col("origin_on_hull").any().alias("from_ground_state"))
 
     relaxed = tables["relaxed_structures"]
     if tables["rescored_structures"] is not None and tables["rescored_structures"].height:

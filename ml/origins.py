@@ -11,8 +11,7 @@ and the generation campaign).
 * ``campaign``: training ternaries made only of the campaign's elements.
 
 Every task can take a stability limit on its origins (``max_e_above_hull``; ``GROUND_STATES`` = 0
-keeps the snapshot's ground states only). No task has one by default
-(:func:`default_max_origin_e_above_hull`). Measured on held-out campaigns
+keeps the snapshot's ground states only); none has one by default. Measured on held-out campaigns
 (benchmarks/results/generator_yield_campaign.md, 2026-11-30 evening), ground-state origins raise the
 S.U.N. rate of a random draw of passed genes (157 -> 179 of 600). They lower it on the ranked `hits`
 budget that a campaign ships (119 -> 104 S.U.N., 66 -> 55 phonon-stable of 300), so campaigns keep
@@ -35,21 +34,13 @@ def _anonymous(formula: str) -> str:
 ORIGIN_SCOPES = ("stoichiometry", "formula")
 GROUND_STATES = 0.0  # eV/atom: the limit that keeps only the snapshot's ground states
 _HULL_TOLERANCE = 1e-6  # eV/atom: round-off (one snapshot row sits in (0, 1e-6])
-BY_TASK = "task"
-
-
-def default_max_origin_e_above_hull(task: str) -> float | None:
-    """The origins' E_hull limit for a registry task: none (None) for every task (module docstring)."""
-    return None
 
 
 def origin_genes(train: pl.DataFrame, target: Target, scope: str = "stoichiometry",
-                 max_e_above_hull: float | None | str = BY_TASK) -> tuple[pl.DataFrame, str]:
+                 max_e_above_hull: float | None = None) -> tuple[pl.DataFrame, str]:
     """(origin rows of ``train``, how they were chosen). ``train`` is a gene table (with
     ``energy_above_hull`` when a limit applies). ``max_e_above_hull``: origins above it (eV/atom)
-    are dropped; ``"task"`` -- :func:`default_max_origin_e_above_hull`; None -- no limit."""
-    if max_e_above_hull == BY_TASK:
-        max_e_above_hull = default_max_origin_e_above_hull(target.task)
+    are dropped; None -- no limit (the default for every task: module docstring)."""
     rows, how = _task_origins(train, target, scope)
     if max_e_above_hull is None:
         return rows, how

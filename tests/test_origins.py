@@ -3,7 +3,7 @@
 import polars as pl
 import pytest
 
-from ml.origins import GROUND_STATES, default_max_origin_e_above_hull, origin_genes
+from ml.origins import GROUND_STATES, origin_genes
 from ml.targets import Target
 
 
@@ -31,8 +31,8 @@ POLYMORPH = Target("SrTiO3-221", "polymorph", formula="SrTiO3", space_group=221)
 
 
 def test_ground_state_limit_keeps_the_snapshots_ground_states():
-    assert default_max_origin_e_above_hull("campaign") is None  # campaigns keep every origin by default
-    assert origin_genes(_genes(), CAMPAIGN)[0].height == 5  # the 5 ternaries of campaign elements
+    # campaigns keep every origin by default: the 5 ternaries of campaign elements
+    assert origin_genes(_genes(), CAMPAIGN)[0].height == 5
     origins, how = origin_genes(_genes(), CAMPAIGN, max_e_above_hull=GROUND_STATES)
     # of those 5, the two on the hull (CaTiO3, SrTiO3 Pm-3m)
     assert sorted(origins["material_id"].to_list()) == ["m-0", "m-1"]
@@ -50,8 +50,6 @@ def test_origin_limit_can_be_set_or_lifted():
 
 
 def test_leave_one_out_origins_keep_metastable_prototypes():
-    assert default_max_origin_e_above_hull("polymorph") is None
-    assert default_max_origin_e_above_hull("ground_state") is None
     origins, how = origin_genes(_genes(), POLYMORPH)
     # every ternary in the target's space group 221, E_hull 0.04 and 0.2 included
     assert sorted(origins["material_id"].to_list()) == ["m-1", "m-3", "m-4"]

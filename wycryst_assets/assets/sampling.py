@@ -37,7 +37,7 @@ class SampledGenesConfig(dg.Config):
     origin_scope: Literal["stoichiometry", "formula"] = "stoichiometry"
     # origins above this E_hull (eV/atom, the snapshot's) are left out; 0 keeps ground states only
     # (a random draw of passed genes gains S.U.N., the ranked `hits` budget loses some: ml.origins);
-    # None: by task (ml.origins.default_max_origin_e_above_hull: no limit for any task)
+    # None: no limit (every task's default)
     max_origin_e_above_hull: Optional[float] = None
     seed: int = 0
     batch_size: int = 32768
@@ -55,7 +55,7 @@ class SampledGenesConfig(dg.Config):
     "`sampled_genes` (this partition's rows replaced).",
 )
 def sampled_genes(context: dg.AssetExecutionContext, config: SampledGenesConfig, warehouse: DuckDBResource):
-    from ml.origins import BY_TASK, allowed_elements, origin_genes, perturbations_per_origin
+    from ml.origins import allowed_elements, origin_genes, perturbations_per_origin
     from ml.sampling import SamplingConfig, sample_genes
     from ml.tensors import encode_table
     from ml.training import load_pvae
@@ -65,10 +65,10 @@ def sampled_genes(context: dg.AssetExecutionContext, config: SampledGenesConfig,
     with warehouse.get_connection() as conn:
         train = read_table(conn, "SELECT * FROM wyckoff_genes WHERE n_elements = 3 AND NOT list_contains(?, "
                            "material_id)", [manifest["excluded_material_ids"]])
-    limit = BY_TASK if config.max_origin_e_above_hull is None else config.max_origin_e_above_hull
-    origins, how = origin_genes(train, target, config.origin_scope, limit)
+    origins, how = origin_genes(train, target, config.origin_scope, config.max_origin_e_above_hull)
     if origins.is_empty():
-        hint = "; max_origin_e_above_hull sets the origins' E_hull limit" if "E_hull" in how else ""
+        hint = ("; max_origin_e_above_hull sets the origins' E_hull limit"
+                if config.max_origin_e_above_hull is not None else "")
         raise dg.Failure(f"{key}: no origin genes ({how}){hint}")
     per_origin = perturbations_per_origin(config.samples_per_origin, config.max_latent_points, origins.height)
     allowed = allowed_elements(target, config.element_constraint)
