@@ -465,3 +465,34 @@ def metrics_markdown(metrics: pl.DataFrame) -> str:
 def headline(metrics: pl.DataFrame) -> dict[str, float | None]:
     """metric name -> value, for metadata numbers and the yield benchmark."""
     return dict(zip(metrics["metric"].to_list(), metrics["value"].to_list()))
+
+
+def pooled_sun_rate(runs: Sequence[dict]) -> dict[str, float | int | None]:
+    """WyFormer-style S.U.N. pooled over several independent runs (campaigns, draws), each a dict
+    with ``novelty`` (its sample novelty), ``sun`` (S.U.N. crystals) and ``selected`` (genes relaxed).
+
+    value = sum(novelty_i * sun_i) / sum(selected_i): every relaxed gene weighs the same, and each
+    S.U.N. gene carries its own run's sample novelty (one run's value when given one run). The 95 %
+    interval is the Wilson interval of sum(sun) / sum(selected) scaled by the S.U.N.-weighted
+    novelty, as :func:`generator_metrics` scales one run's (the novelties rest on ~1e5 samples
+    each; the relaxed genes are the binomial part). Also returns the bare ``sun / selected`` with
+    its interval and the runs' count."""
+    runs = list(runs)
+    if not runs:
+        raise ValueError("no runs to pool")
+    for r in runs:
+        missing = [k for k in ("novelty", "sun", "selected") if r.get(k) is None]
+        if missing:
+            raise ValueError(f"run {r.get('label', r)!r} lacks {missing}")
+        if not 0 <= r["sun"] <= r["selected"] or not 0 <= r["novelty"] <= 1:
+            raise ValueError(f"run {r.get('label', r)!r}: need 0 <= sun <= selected and 0 <= novelty <= 1")
+    k = sum(int(r["sun"]) for r in runs)
+    n = sum(int(r["selected"]) for r in runs)
+    if n == 0:
+        raise ValueError("no relaxed genes in the runs")
+    weighted = sum(float(r["novelty"]) * int(r["sun"]) for r in runs)
+    scale = weighted / k if k else sum(float(r["novelty"]) * int(r["selected"]) for r in runs) / n
+    lo, hi = wilson_interval(k, n)
+    return {"runs": len(runs), "sun": k, "selected": n, "sun_in_relaxed": k / n,
+            "sun_in_relaxed_ci95_low": lo, "sun_in_relaxed_ci95_high": hi,
+            "value": weighted / n, "ci95_low": lo * scale, "ci95_high": hi * scale}

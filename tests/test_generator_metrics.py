@@ -582,3 +582,36 @@ def test_gpaw_phase_energies_for_the_spot_check(tmp_path):
                                  "mode": "single_point", "workdir": str(tmp_path / "cand"), "settings": gpaw})
     assert candidate["verdict"] == "single_point" and candidate["mp2020_correction_per_atom"] == 0.0
     assert candidate["energy_per_atom"] == pytest.approx(crystal["energy_per_atom"], abs=1e-4)
+
+
+def test_pooled_sun_rate_weighs_every_relaxed_gene_once_hand_worked():
+    from ml.generator_metrics import pooled_sun_rate
+
+    # two campaigns: novelty 0.8 with 30 S.U.N. of 100 relaxed, novelty 0.5 with 10 of 100
+    p = pooled_sun_rate([{"novelty": 0.8, "sun": 30, "selected": 100},
+                         {"novelty": 0.5, "sun": 10, "selected": 100}])
+    assert (p["runs"], p["sun"], p["selected"]) == (2, 40, 200)
+    assert p["sun_in_relaxed"] == pytest.approx(0.2)
+    assert p["value"] == pytest.approx((0.8 * 30 + 0.5 * 10) / 200)  # 0.145, not the mean of 0.24 and 0.05
+    # Wilson 95 % of 40/200 by hand: centre 0.205659, half-width 0.055203
+    assert p["sun_in_relaxed_ci95_low"] == pytest.approx(0.150456, abs=1e-5)
+    assert p["sun_in_relaxed_ci95_high"] == pytest.approx(0.260862, abs=1e-5)
+    # scaled by the S.U.N.-weighted novelty 29/40 = 0.725
+    assert p["ci95_low"] == pytest.approx(0.150456 * 0.725, abs=1e-5)
+    assert p["ci95_high"] == pytest.approx(0.260862 * 0.725, abs=1e-5)
+    assert p["ci95_low"] < p["value"] < p["ci95_high"]
+
+
+def test_pooled_sun_rate_of_one_run_is_that_runs_wyformer_rate_and_bad_runs_fail():
+    from ml.generator_metrics import pooled_sun_rate, wilson_interval
+
+    one = pooled_sun_rate([{"novelty": 0.9, "sun": 23, "selected": 100}])
+    assert one["value"] == pytest.approx(0.9 * 0.23)
+    lo, hi = wilson_interval(23, 100)
+    assert (one["ci95_low"], one["ci95_high"]) == (pytest.approx(0.9 * lo), pytest.approx(0.9 * hi))
+    none = pooled_sun_rate([{"novelty": 0.7, "sun": 0, "selected": 50}])
+    assert none["value"] == 0 and none["ci95_low"] == 0 and 0 < none["ci95_high"] < 0.7
+    for bad in ([], [{"novelty": 0.8, "sun": 5, "selected": 4}], [{"novelty": 1.2, "sun": 1, "selected": 4}],
+                [{"novelty": 0.8, "sun": 1}]):
+        with pytest.raises(ValueError):
+            pooled_sun_rate(bad)
