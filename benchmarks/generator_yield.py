@@ -18,6 +18,9 @@ skips finished rules unless --force; the saved file's name carries the rule, bud
 and the --sampled-config / --filtered-config, not the PVAE: after retraining it, pass --force).
 --prepare first runs the campaign's upstream chain (snapshot, genes, synthesizability, PVAE,
 sampling, filters) where it is missing, with campaign_funnel.py's settings.
+--unconditional scores campaign-unconditional instead (ml.targets.unconditional_campaign: every
+non-noble-gas, non-radioactive element of the training ternaries, all of them origins; the closest
+this platform comes to the anchors' unconditional sampling), written to --home/targets-unconditional.json.
 --heldout-campaign SEED scores a campaign nobody tuned for instead of --partition: 24 elements drawn
 with that seed outside campaign-paper's (ml.targets.heldout_campaign), campaign-paper's selection
 rules; the registry (the shared one plus this entry) is written to --home/targets-heldout-SEED.json
@@ -62,20 +65,24 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(out + ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in rows])
 
 
-def _use_heldout_campaign(home: Path, seed: int) -> str:
-    """Write the shared registry plus campaign-heldout-SEED to home, point WYCRYST_TARGETS at it,
-    and return the partition key."""
+def _use_heldout_campaign(home: Path, seed: int | None) -> str:
+    """Write the shared registry plus campaign-heldout-SEED (campaign-unconditional when ``seed``
+    is None) to home, point WYCRYST_TARGETS at it, and return the partition key."""
     import duckdb
 
-    from ml.targets import heldout_campaign
+    from ml.targets import heldout_campaign, unconditional_campaign
     from wycryst_assets import settings
 
     shared = json.loads(settings.targets_file().read_text())
     paper = next(t for t in shared["targets"] if t["partition"] == "campaign-paper")
     with duckdb.connect(str(settings.warehouse_path()), read_only=True) as conn:
         genes = [r[0] for r in conn.execute("SELECT slot_elements FROM wyckoff_genes WHERE n_elements = 3").fetchall()]
-    entry = heldout_campaign(genes, paper["elements"], seed=seed, selection=paper.get("selection"))
-    registry = home / f"targets-heldout-{seed}.json"
+    if seed is None:
+        entry = unconditional_campaign(genes, selection=paper.get("selection"))
+        registry = home / "targets-unconditional.json"
+    else:
+        entry = heldout_campaign(genes, paper["elements"], seed=seed, selection=paper.get("selection"))
+        registry = home / f"targets-heldout-{seed}.json"
     registry.write_text(json.dumps({**shared, "targets": [*shared["targets"], entry]}, indent=1))
     os.environ["WYCRYST_TARGETS"] = str(registry)
     print(f"{entry['partition']}: {', '.join(entry['elements'])} ({entry['_about']}); registry {registry}",
@@ -104,6 +111,9 @@ def main() -> None:
                          "'{\"max_predicted_formation_energy\": 10, \"min_synthesizability\": 0}' (reliability "
                          "filters only: the random sample then skips the feasibility filters); saved results are "
                          "labelled with it, and filtered_genes is re-materialized with its defaults at the end")
+    ap.add_argument("--unconditional", action="store_true",
+                    help="score campaign-unconditional (every element of the training ternaries, as the field "
+                         "scores generators) instead of --partition")
     ap.add_argument("--heldout-campaign", type=int, default=None, metavar="SEED",
                     help="score campaign-heldout-SEED (24 elements drawn outside campaign-paper's) instead of "
                          "--partition; needs the home's wyckoff_genes (with --prepare it is built first)")
@@ -157,8 +167,8 @@ def main() -> None:
         if args.prepare and not (home / "warehouse.duckdb").exists():
             for name in ("mp_snapshot", "wyckoff_genes", "synthesizability_model"):
                 assert dg.materialize([graph[name]], instance=instance, resources=resources).success
-        if args.heldout_campaign is not None:
-            key = _use_heldout_campaign(home, args.heldout_campaign)
+        if args.heldout_campaign is not None or args.unconditional:
+            key = _use_heldout_campaign(home, None if args.unconditional else args.heldout_campaign)
         out_dir = home / "benchmarks" / "generator_yield" / key
         out_dir.mkdir(parents=True, exist_ok=True)
         relax_results = settings.artifacts_dir() / "relaxed_structures" / key / "results"

@@ -179,6 +179,32 @@ def loo_excluded_ids(genes, target: Target) -> list[str]:
     return sorted(hit["material_id"].to_list())
 
 
+def _campaign_pool(gene_elements, exclude=()) -> list[str]:
+    """Sorted elements of ``gene_elements`` outside ``exclude`` that are neither noble gases nor
+    radioactive (pymatgen's ``Element.is_noble_gas`` / ``is_radioactive``)."""
+    from pymatgen.core import Element
+
+    seen = {str(e) for els in gene_elements for e in els}
+    return sorted(e for e in seen - set(exclude)
+                  if Element.is_valid_symbol(e) and not Element(e).is_noble_gas and not Element(e).is_radioactive)
+
+
+def unconditional_campaign(gene_elements, *, selection: dict | None = None) -> dict:
+    """A registry entry for the generator with no chemical condition, the way the field's generators
+    are scored (WyFormer's DFT table samples each model unconditionally on MP-20): every
+    non-noble-gas, non-radioactive element of ``gene_elements`` (the training ternaries'
+    ``slot_elements``), so the origins are all training ternaries of those elements. Partition
+    ``campaign-unconditional``; ``selection`` is copied. Nothing is drawn or chosen: the entry is
+    fixed by the training data."""
+    pool = _campaign_pool(gene_elements)
+    if not pool:
+        raise ValueError("no elements in the training genes")
+    return {"partition": "campaign-unconditional", "task": "campaign", "elements": pool,
+            "selection": dict(selection or {}),
+            "_about": f"unconditional campaign: all {len(pool)} non-noble-gas, non-radioactive elements of the "
+                      f"training genes"}
+
+
 def heldout_campaign(gene_elements, exclude, *, seed: int, n_elements: int = 24,
                      selection: dict | None = None) -> dict:
     """A registry entry for a generation campaign nobody tuned for: ``n_elements`` elements drawn
@@ -190,11 +216,7 @@ def heldout_campaign(gene_elements, exclude, *, seed: int, n_elements: int = 24,
     than ``n_elements``."""
     import random
 
-    from pymatgen.core import Element
-
-    seen = {str(e) for els in gene_elements for e in els}
-    pool = sorted(e for e in seen - set(exclude)
-                  if Element.is_valid_symbol(e) and not Element(e).is_noble_gas and not Element(e).is_radioactive)
+    pool = _campaign_pool(gene_elements, exclude)
     if len(pool) < n_elements:
         raise ValueError(f"only {len(pool)} elements left to draw from, {n_elements} asked")
     elements = sorted(random.Random(seed).sample(pool, n_elements))

@@ -104,3 +104,17 @@ def test_heldout_campaign_draws_outside_the_tuned_campaign():
     assert heldout_campaign(genes, ["Na", "Cl"], seed=4, n_elements=6)["elements"] == pool  # the whole pool
     with pytest.raises(ValueError, match="only 6 elements"):
         heldout_campaign(genes, ["Na", "Cl"], seed=0, n_elements=7)
+
+
+def test_unconditional_campaign_takes_every_element_of_the_training_genes():
+    from ml.targets import unconditional_campaign
+
+    # by hand: {Na, Cl, O, K, Br, Mg, Ar, U, Ca, S, Tc} minus Ar (noble gas), U and Tc (radioactive)
+    genes = [["Na", "Cl", "O"], ["K", "Br", "O"], ["Mg", "Ar", "U"], ["Ca", "S", "Tc"], ["Na", "K", "Cl"]]
+    entry = unconditional_campaign(genes, selection={"max_total_dof": 5})
+    assert entry["elements"] == ["Br", "Ca", "Cl", "K", "Mg", "Na", "O", "S"]
+    assert entry["partition"] == "campaign-unconditional" and entry["selection"] == {"max_total_dof": 5}
+    target = parse_target(entry)
+    assert target.task == "campaign" and set(target.elements) == set(entry["elements"])
+    with pytest.raises(ValueError, match="no elements"):
+        unconditional_campaign([["Ar", "U"]])
