@@ -25,6 +25,8 @@ sys.path.insert(0, str(REPO))
 
 def run_of(path: Path) -> dict:
     """The figures pooled from one saved generator_yield.py result."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such result file (a glob that matched nothing?)")
     rows = {m["metric"]: m for m in json.loads(path.read_text())["metrics"]}
     need = ("novel_samples", "sun_in_relaxed_sample_e0.08")
     missing = [m for m in need if rows.get(m, {}).get("value") is None]
