@@ -65,7 +65,7 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(out + ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in rows])
 
 
-def _use_heldout_campaign(home: Path, seed: int | None) -> str:
+def _use_extra_campaign(home: Path, seed: int | None) -> str:
     """Write the shared registry plus campaign-heldout-SEED (campaign-unconditional when ``seed``
     is None) to home, point WYCRYST_TARGETS at it, and return the partition key."""
     import duckdb
@@ -168,7 +168,7 @@ def main() -> None:
             for name in ("mp_snapshot", "wyckoff_genes", "synthesizability_model"):
                 assert dg.materialize([graph[name]], instance=instance, resources=resources).success
         if args.heldout_campaign is not None or args.unconditional:
-            key = _use_heldout_campaign(home, None if args.unconditional else args.heldout_campaign)
+            key = _use_extra_campaign(home, None if args.unconditional else args.heldout_campaign)
         out_dir = home / "benchmarks" / "generator_yield" / key
         out_dir.mkdir(parents=True, exist_ok=True)
         relax_results = settings.artifacts_dir() / "relaxed_structures" / key / "results"
