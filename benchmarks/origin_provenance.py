@@ -4,8 +4,8 @@ Re-samples every origin of the partition alone (same PVAE, noise scale and decod
 ``sampled_genes``; seed = the origin's index), so that each relaxed gene of the partition's last
 yield run gets the origins that decode to it; then prints S.U.N. (E_hull <= 0.08 by the decider,
 novel) among the relaxed genes decoded from at least one on-hull origin vs only from metastable
-ones. This is the measurement behind ``ml.origins.CAMPAIGN_MAX_ORIGIN_E_ABOVE_HULL``
-(benchmarks/results/generator_yield_campaign.md).
+ones. This is the measurement behind the ground-state option of ``sampled_genes``
+(``max_origin_e_above_hull``, ``ml.origins.GROUND_STATES``; benchmarks/results/generator_yield_campaign.md).
 
     .venv/bin/python benchmarks/origin_provenance.py --home H --partition campaign-heldout-0 [--per-origin 1000]
         [--targets H/targets-heldout-0.json]
@@ -77,10 +77,7 @@ def main() -> None:
             pl.lit(row["material_id"][0] in on_hull).alias("origin_on_hull")))
     prov = pl.concat(parts).group_by("gene_key").agg(pl.col("origin_on_hull").any().alias("from_ground_state"))
 
-    relaxed = tables["relaxed_structures"]
-    if tables["rescored_structures"] is not None and tables["rescored_structures"].height:
-        relaxed = decided_best(relaxed, tables["rescored_structures"])
-    best = best_relaxed_with_facts(relaxed)
+    best = best_relaxed_with_facts(decided_best(tables["relaxed_structures"], tables["rescored_structures"]))
     e = pl.col("e_above_hull")
     rows = (tables["trial_structures"].select("gene_key").unique()
             .join(best.select("gene_key", "e_above_hull", "is_novel"), on="gene_key", how="left")

@@ -56,4 +56,3 @@ def test_leave_one_out_origins_keep_metastable_prototypes():
     assert "ground states" not in how
     # without an E_hull column a leave-one-out target still gets its origins
     assert origin_genes(_genes().drop("energy_above_hull"), POLYMORPH)[0].height == 3
-
