@@ -105,6 +105,9 @@ def main() -> None:
     ap.add_argument("--prepare", action="store_true", help="run the upstream chain where it is missing")
     ap.add_argument("--max-epochs", type=int, default=None, help="--prepare: PVAE epochs (default: by task, ml.pvae_config)")
     ap.add_argument("--samples-per-origin", type=int, default=5000, help="--prepare: latent samples per origin")
+    ap.add_argument("--training-seed", type=int, default=None,
+                    help="--prepare: seed of the PVAE's training and of its latent sampling (default: the "
+                         "assets' defaults), for an independently trained model in a new home")
     ap.add_argument("--force", action="store_true", help="recompute rules that have saved metrics")
     ap.add_argument("--filtered-config", default="",
                     help="JSON config to re-materialize filtered_genes with first, e.g. "
@@ -176,13 +179,15 @@ def main() -> None:
         sync_target_partitions(instance)
         if args.prepare:
             if not (model_dir(key) / "model.json").exists():
-                materialize(instance, "pvae_model", {"max_epochs": args.max_epochs})
+                materialize(instance, "pvae_model", {"max_epochs": args.max_epochs}
+                            | ({} if args.training_seed is None else {"seed": args.training_seed}))
             with duckdb.connect(str(settings.warehouse_path()), read_only=True) as conn:
                 have = table_exists(conn, "filtered_genes") and conn.execute(
                     "SELECT count(*) FROM filtered_genes WHERE target = ?", [key]).fetchone()[0]
             if not have and not args.sampled_config:  # --sampled-config samples and filters just below
                 materialize(instance, "sampled_genes", {"samples_per_origin": args.samples_per_origin,
-                                                        "max_latent_points": 1_000_000})
+                                                        "max_latent_points": 1_000_000}
+                            | ({} if args.training_seed is None else {"seed": args.training_seed}))
                 materialize(instance, "filtered_genes")
         import hashlib
 
