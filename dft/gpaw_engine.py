@@ -32,6 +32,7 @@ import math
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -45,6 +46,7 @@ import numpy as np
 from pymatgen.core import Composition, Lattice, Structure
 
 from dft.gpaw_worker import DEFAULTS as WORKER_DEFAULTS
+from dft.hpc import TaskInterrupted
 from dft.relax import FORCE_LIMIT, MIN_DISTANCE, RELAX_SYMPREC, VOLUME_RATIO_LIMIT, RelaxResult, space_group_number
 
 WORKER = Path(__file__).resolve().with_name("gpaw_worker.py")
@@ -63,6 +65,14 @@ MAGNETIC_REFERENCES = {"Fe": 2.2, "Co": 1.6, "Ni": 0.6}
 
 class GPAWError(RuntimeError):
     """The worker did not produce a result (GPAW missing, crashed, timed out, or reported an error)."""
+
+
+class GPAWInterrupted(GPAWError, TaskInterrupted):
+    """The GPAW worker was stopped by SIGTERM, SIGINT or SIGHUP from outside: no verdict on the
+    structure, so task runners store nothing and the next run retries it."""
+
+
+_INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def gpaw_python() -> str:
@@ -166,6 +176,8 @@ def run_worker(
         raise GPAWError(f"GPAW worker timed out after {timeout_s} s (log: {settings['txt']})") from exc
     if not job_out.exists():
         tail = (proc.stderr or proc.stdout or "").strip()[-1500:]
+        if proc.returncode in {-int(sig) for sig in _INTERRUPT_SIGNALS}:
+            raise GPAWInterrupted(f"GPAW worker stopped by {signal.Signals(-proc.returncode).name}: {tail}")
         raise GPAWError(f"GPAW worker exited {proc.returncode} without a result: {tail}")
     result = json.loads(job_out.read_text())
     if not result.get("ok"):
@@ -264,6 +276,8 @@ class GPAWRelaxer:
             out = run_worker(structure_to_atoms_dict(structure), "relax", settings,
                              directory=directory, nprocs=self.nprocs, timeout_s=self.timeout_s)
             final = atoms_dict_to_structure(out["atoms"])
+        except TaskInterrupted:
+            raise  # no verdict: the task runner retries it
         except Exception as exc:  # a row, not a crash
             return finish("failed", f"{type(exc).__name__}: {str(exc).strip()[:500]}")
 

@@ -14,7 +14,9 @@ Failures are rows, not exceptions: a task that raises gets ``{"verdict": "failed
 "<ExceptionType: msg>"}`` (written to disk: rerunning would fail the same way); a chunk whose
 worker or Slurm job dies (killed, timeout, node failure) is resubmitted up to ``max_resubmits``
 times for its still-missing tasks, and what remains missing gets a failed row that is returned
-but *not* written, so the next run retries it.
+but *not* written, so the next run retries it. A task stopped from outside (it raises
+:class:`TaskInterrupted`, e.g. its GPAW worker got SIGTERM when a run was cancelled) is treated the
+same way: a failed row returned, none written.
 
 Batched mode (``run_tasks(..., batched=True)``): a chunk's pending tasks go to ONE call,
 ``fn(items)`` with ``items = [(key, payload), ...]``, a generator that yields ``(key, result)`` as
@@ -179,6 +181,17 @@ def _failed(reason: str) -> dict:
     return {"verdict": "failed", "reason": reason}
 
 
+class TaskInterrupted(Exception):
+    """Raised by a task whose work was stopped from outside -- its subprocess got SIGTERM, SIGINT
+    or SIGHUP (a run cancelled, a session or job ending, Ctrl-C). That is no verdict on the task:
+    :func:`run_tasks` returns a failed row for it but writes none, so the next run retries it, as
+    for a worker that died."""
+
+
+def _interrupted(exc: TaskInterrupted) -> dict:
+    return _failed(f"interrupted (not stored; the next run retries it): {exc}")
+
+
 def _limit_threads(n: int) -> None:
     """Cap the BLAS / OpenMP / torch thread pools of this worker at ``n``: left at their default
     (all cores) several workers oversubscribe the CPUs, and small linear algebra (ASE's
@@ -217,6 +230,9 @@ def _run_chunk(fn: TaskFn, items: list[tuple[str, Any]], results_dir: str, threa
     for key, payload in todo:
         try:
             result = _checked(fn(payload))
+        except TaskInterrupted as exc:
+            results[key] = _interrupted(exc)
+            continue
         except Exception as exc:  # a failing task is a result row, not a crashed chunk
             result = _failed(f"{type(exc).__name__}: {exc}")
         _write_result(out_dir, key, result)
@@ -248,6 +264,9 @@ def _run_batch(fn: Callable, todo: list[tuple[str, Any]], out_dir: Path, results
                 _write_result(out_dir, key, result)
                 results[key] = result
                 pending.discard(key)
+        except TaskInterrupted as exc:
+            results.update({key: _interrupted(exc) for key in pending})
+            return
         except Exception as exc:
             reason = f"batch failed: {type(exc).__name__}: {str(exc).strip()[:500]}"
     for key, _ in todo:

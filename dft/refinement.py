@@ -68,6 +68,8 @@ def refine_task(payload: dict) -> dict:
         try:
             out = gpaw_engine.gpaw_single_point(primitive_cell(structure), workdir=workdir, timeout_s=timeout,
                                                 **settings)
+        except gpaw_engine.GPAWInterrupted:
+            raise  # no verdict: the task runner retries it
         except Exception as exc:
             return {**base, "verdict": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:500]}",
                     "seconds": round(time.perf_counter() - wall0, 2)}

@@ -11,7 +11,9 @@ from pathlib import Path
 
 def record_call(payload: dict) -> dict:
     """Leave a marker file per call in ``calls_dir`` (so tests can count runs), optionally sleep,
-    crash the whole process once (``crash_once``: a marker path created before dying), or raise."""
+    crash the whole process once (``crash_once``: a marker path created before dying), raise, or
+    be interrupted once (``interrupt_once``: raise TaskInterrupted, as a task whose subprocess got
+    SIGTERM does)."""
     calls = Path(payload["calls_dir"])
     calls.mkdir(parents=True, exist_ok=True)
     (calls / f"{payload['name']}.{uuid.uuid4().hex}").touch()
@@ -22,6 +24,12 @@ def record_call(payload: dict) -> dict:
         os._exit(1)
     if payload.get("raise"):
         raise ValueError(f"bad payload {payload['name']}")
+    interrupt_marker = payload.get("interrupt_once")
+    if interrupt_marker and not Path(interrupt_marker).exists():
+        from dft.hpc import TaskInterrupted
+
+        Path(interrupt_marker).touch()
+        raise TaskInterrupted(f"{payload['name']} stopped by SIGTERM")
     return {"verdict": "ok", "square": payload["value"] ** 2, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "omp_threads": os.environ.get("OMP_NUM_THREADS")}
 

@@ -76,6 +76,24 @@ def test_local_worker_that_dies_is_replaced_and_its_missing_tasks_rerun(tmp_path
     assert calls_per_name(tmp_path / "calls") == {"t0": 1, "t1": 2, "t2": 1}
 
 
+def test_local_interrupted_task_is_returned_failed_but_not_stored_so_the_next_run_retries_it(tmp_path):
+    tasks = make_tasks(tmp_path / "calls", 3)
+    tasks["SrTiO3|221/{1}"]["interrupt_once"] = str(tmp_path / "interrupted")
+    tasks["SrTiO3|221/{2}"]["raise"] = True  # a task's own failure: stored, never retried
+
+    first = run_tasks(record_call, tasks, ComputeConfig(max_workers=1, chunk_size=3), tmp_path / "res")
+
+    assert first["SrTiO3|221/{0}"]["square"] == 0
+    assert first["SrTiO3|221/{1}"]["verdict"] == "failed" and "interrupted" in first["SrTiO3|221/{1}"]["reason"]
+    assert read_result(tmp_path / "res", "SrTiO3|221/{1}") is None
+    assert read_result(tmp_path / "res", "SrTiO3|221/{2}")["verdict"] == "failed"
+
+    second = run_tasks(record_call, tasks, ComputeConfig(max_workers=1, chunk_size=3), tmp_path / "res")
+
+    assert [second[k].get("square") for k in tasks] == [0, 1, None]
+    assert calls_per_name(tmp_path / "calls") == {"t0": 1, "t1": 2, "t2": 1}
+
+
 def test_local_batched_mode_writes_one_file_per_task_and_resumes(tmp_path):
     tasks = make_tasks(tmp_path / "calls", 5)
     config = ComputeConfig(max_workers=2)  # batched default: guided chunks of 2, 2, 1

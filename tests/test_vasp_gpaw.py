@@ -11,8 +11,11 @@ import ast
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.vasp.inputs import Incar, Poscar
 
 from dft import gpaw_engine, vasp
+from dft.hpc import TaskInterrupted
 from dft.relax import RelaxResult, space_group_number
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -185,6 +189,40 @@ def test_gpaw_relax_keeps_space_group(gpaw, tmp_path):
 def test_gpaw_failure_is_a_verdict_not_an_exception(gpaw, tmp_path):
     result = gpaw.GPAWRelaxer(tmp_path, xc="NO-SUCH-FUNCTIONAL", **LOW_K).relax(silicon(), max_steps=1)
     assert result.verdict == "failed" and "GPAW" in result.reason
+
+
+def _sigterm_gpaw_worker_under(folder: Path, killed: list, timeout_s: float = 120) -> None:
+    """SIGTERM the GPAW worker whose job lives under ``folder`` once it runs (as a cancelled run or
+    an ending session does); ``killed`` gets its pid."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace") if proc.name.isdigit() else ""
+            except OSError:
+                continue
+            if "gpaw_worker.py" in cmdline and str(folder) in cmdline:
+                os.kill(int(proc.name), signal.SIGTERM)
+                killed.append(int(proc.name))
+                return
+        time.sleep(0.1)
+
+
+def test_gpaw_worker_stopped_from_outside_is_an_interruption_not_a_verdict(gpaw, tmp_path):
+    """A worker killed by SIGTERM says nothing about the structure: the single point raises
+    GPAWInterrupted (a dft.hpc.TaskInterrupted, which run_tasks retries instead of storing), and the
+    relaxer lets it through instead of making a failed row of it."""
+    for folder, run in ((tmp_path / "sp", lambda: gpaw.gpaw_single_point(silicon(), workdir=tmp_path / "sp", kpts=[8, 8, 8])),
+                        (tmp_path / "relax", lambda: gpaw.GPAWRelaxer(tmp_path / "relax", kpts=[8, 8, 8])
+                         .relax(silicon(a=5.6), max_steps=20))):
+        killed: list[int] = []
+        killer = threading.Thread(target=_sigterm_gpaw_worker_under, args=(folder, killed))
+        killer.start()
+        with pytest.raises(gpaw.GPAWInterrupted, match="SIGTERM"):
+            run()
+        killer.join()
+        assert len(killed) == 1
+    assert issubclass(gpaw.GPAWInterrupted, TaskInterrupted)
 
 
 def test_gpaw_elemental_reference_and_formation_energy(gpaw, si_single_point, tmp_path):
