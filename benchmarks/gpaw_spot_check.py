@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--ecut", type=float, default=600.0)
     ap.add_argument("--kpts-density", type=float, default=3.5)
     ap.add_argument("--timeout-s", type=int, default=3600, help="per GPAW task")
+    ap.add_argument("--workers", type=int, default=1, help="GPAW tasks at once (one core each)")
     ap.add_argument("--plan-only", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="report stored results, run no GPAW")
     ap.add_argument("--relax-inconclusive", action="store_true",
@@ -188,7 +189,7 @@ def main() -> None:
     if args.report_only:
         results = {k: read_result(results_dir, k) for k in tasks}
     else:
-        results = run_tasks(spot_check_task, tasks, ComputeConfig(max_workers=1, folder=base / "submitit"),
+        results = run_tasks(spot_check_task, tasks, ComputeConfig(max_workers=args.workers, folder=base / "submitit"),
                             results_dir, log=lambda m: print(m, flush=True))
 
     def score(relaxed: dict[str, dict]) -> list[dict]:
@@ -256,7 +257,7 @@ def main() -> None:
         if args.report_only:
             rres = {k: read_result(results_dir, k) for k in rtasks}
         else:
-            rres = run_tasks(spot_check_task, rtasks, ComputeConfig(max_workers=1, folder=base / "submitit"),
+            rres = run_tasks(spot_check_task, rtasks, ComputeConfig(max_workers=args.workers, folder=base / "submitit"),
                              results_dir, log=lambda m: print(m, flush=True))
         relaxed = {g: rres[k] for g, k in rkey.items() if rres.get(k) is not None}
         out = score(relaxed)
