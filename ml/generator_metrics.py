@@ -68,7 +68,8 @@ METRIC_SCHEMA = {
 # Differences between the anchors' protocols and ours, referenced by key from the metric rows.
 PROTOCOL_DIFFERENCES = {
     "energy": "ours: MLIP energies (the model in `decided_by`), MP2020-compatible, E_hull against the "
-              "snapshot's hull (a subset of MP: hulls can be shallower, E_hull biased low); theirs: VASP PBE "
+              "snapshot's hull (a subset of MP: hulls can be shallower, E_hull biased low; how often a stable "
+              "call survives MP's full hull: benchmarks/hull_sparsity.py); theirs: VASP PBE "
               "against MP (WyFormer) or an MLIP ensemble against LeMat-Bulk (LeMat-GenBench)",
     "relaxation": "ours: FixSymmetry + FrechetCellFilter relaxation of the best of DoF+1 PyXtal trials per "
                   "gene (the space group cannot drop; several starting points per gene); theirs: one free "
