@@ -113,7 +113,8 @@ def stable_call_precision(distances: pl.DataFrame, threshold: float = 0.08,
 def expected_mp_stable(e_hulls: Iterable[float], precision: pl.DataFrame,
                        edges: Sequence[float] = DEFAULT_BINS) -> float:
     """Expected number of the given snapshot-stable E_hulls that MP's full hull would keep stable,
-    each weighted by its bin's precision (values above the last edge count 0)."""
+    each weighted by its bin's precision (values above the last edge, and bins with no materials to
+    measure a precision on, count 0)."""
     share = dict(zip(precision["bin"], precision["precision"]))
     total = 0.0
     for value in e_hulls:
