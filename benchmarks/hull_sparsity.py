@@ -40,7 +40,8 @@ def main() -> None:
     import polars as pl
     import pyarrow.parquet as pq
 
-    from dft.hull_sparsity import expected_mp_stable, leave_one_out_hull_distances, stable_call_precision
+    from dft.hull_sparsity import (ON_HULL_TOL, expected_mp_stable, leave_one_out_hull_distances,
+                                   stable_call_precision)
     from wycryst_assets import settings
 
     path = settings.snapshot_source() / "materials.parquet"
@@ -50,7 +51,7 @@ def main() -> None:
     d = leave_one_out_hull_distances(rows)
     split = pl.DataFrame([{"material_id": r["material_id"], "origin_split": r["origin_split"]} for r in rows])
     d = d.join(split, on="material_id", how="left")
-    max_by_split = d.group_by("origin_split").agg(pl.col("e_hull_mp").max().alias("max_e"), pl.len().alias("n"))
+    max_by_split = d.group_by("origin_split").agg(pl.col("e_hull_mp").max().alias("max_e"))
     filtered = set(max_by_split.filter(pl.col("max_e") <= args.threshold)["origin_split"].to_list())
     unfiltered = d.filter(~pl.col("origin_split").is_in(list(filtered)))
     out = [f"# Snapshot hull vs MP's hull: precision of the stable call (E_hull <= {args.threshold:g})", "",
@@ -66,7 +67,7 @@ def main() -> None:
                 for r in table.iter_rows(named=True)]
         out.append("")
     precision = stable_call_precision(unfiltered, threshold=args.threshold)
-    above = unfiltered.filter(pl.col("e_hull_snapshot") > 1e-8).with_columns(
+    above = unfiltered.filter(pl.col("e_hull_snapshot") > ON_HULL_TOL).with_columns(
         (pl.col("e_hull_mp") - pl.col("e_hull_snapshot")).alias("gap"))
     if above.height:
         out += [f"Hull gap (MP's E_hull - the snapshot's, at the compositions of the {above.height} unfiltered "

@@ -17,15 +17,13 @@ in MP too: the error is one-sided.
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import polars as pl
-from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-from pymatgen.core import Composition
+from pymatgen.analysis.phase_diagram import PhaseDiagram
 
-from dft.energetics import _ELEMENT_SYMBOL
+from dft.energetics import _ELEMENT_SYMBOL, SnapshotHull
 
 ON_HULL_TOL = 1e-8  # eV/atom: a phase this close to the hull is on it
 DEFAULT_BINS = (-0.1, 0.0, 0.04, 0.08)  # upper edges (eV/atom) of the stable-call bins
@@ -39,26 +37,22 @@ def leave_one_out_hull_distances(rows: Iterable[dict], nelements: int | None = 3
     ``e_hull_mp`` (the row's MP ``energy_above_hull``).
 
     ``rows``: dicts with ``material_id``, ``formula_pretty``, ``formation_energy_per_atom`` and
-    ``energy_above_hull`` (the snapshot's columns). Elements sit at 0 eV/atom, as in SnapshotHull.
+    ``energy_above_hull`` (the snapshot's columns). The diagrams are SnapshotHull's (elements at 0
+    eV/atom), the same hull candidates are scored against.
     """
-    by_elements: dict[frozenset[str], list[tuple[str, str, float, float | None]]] = defaultdict(list)
+    rows = [r for r in rows if r.get("formation_energy_per_atom") is not None]
+    hull = SnapshotHull((r["material_id"], r["formula_pretty"], r["formation_energy_per_atom"]) for r in rows)
+    members: dict[frozenset[str], list[tuple[str, str, float | None]]] = defaultdict(list)
     for r in rows:
-        ef = r.get("formation_energy_per_atom")
-        if ef is None:
-            continue
         key = frozenset(_ELEMENT_SYMBOL.findall(r["formula_pretty"]))
-        by_elements[key].append((r["material_id"], r["formula_pretty"], float(ef), r.get("energy_above_hull")))
+        members[key].append((r["material_id"], r["formula_pretty"], r.get("energy_above_hull")))
 
     out = []
-    for key in sorted((k for k in by_elements if nelements is None or len(k) == nelements), key=sorted):
-        entries = [PDEntry(Composition(el), 0.0, name=f"element:{el}") for el in sorted(key)]
-        for size in range(1, len(key) + 1):
-            for subset in itertools.combinations(sorted(key), size):
-                entries += [PDEntry(Composition(f), ef * Composition(f).num_atoms, name=mid)
-                            for mid, f, ef, _ in by_elements.get(frozenset(subset), ())]
-        diagram = PhaseDiagram(entries)
+    for key in sorted((k for k in members if nelements is None or len(k) == nelements), key=sorted):
+        diagram = hull.phase_diagram(key)  # the snapshot's phases of the system and its subsystems
+        entries = list(diagram.all_entries)
         named = {e.name: e for e in entries}
-        for material_id, formula, _, e_mp in by_elements[key]:
+        for material_id, formula, e_mp in members[key]:
             entry = named[material_id]
             e_snap = float(diagram.get_e_above_hull(entry, allow_negative=True))
             if e_snap > ON_HULL_TOL:  # removing a phase above the hull leaves the hull as it is
